@@ -1,0 +1,1 @@
+"""Shared, torch-free contracts of the explanation service: settings, errors, method catalogue."""

@@ -1,0 +1,98 @@
+"""How a method and its parameters are described: the gateway validates requests against these. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from xai.errors import InvalidInput
+
+Queue = Literal["fast", "slow", "train"]
+ParamType = Literal["int", "float", "bool", "str"]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ParamType
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def validate(self, value: Any) -> Any:
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise InvalidInput(f"parameter {self.name!r} must be true or false", code="invalid_params")
+            return value
+        if self.type in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"parameter {self.name!r} must be a number", code="invalid_params")
+            if self.type == "int" and float(value) != int(value):
+                raise InvalidInput(f"parameter {self.name!r} must be an integer", code="invalid_params")
+            value = int(value) if self.type == "int" else float(value)
+            if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum
+            ):
+                raise InvalidInput(
+                    f"parameter {self.name!r} = {value} is outside [{self.minimum}, {self.maximum}]",
+                    code="invalid_params",
+                )
+            return value
+        if not isinstance(value, str) or (self.choices and value not in self.choices):
+            allowed = f"one of {', '.join(self.choices)}" if self.choices else "a string"
+            raise InvalidInput(f"parameter {self.name!r} must be {allowed}", code="invalid_params")
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
+        out["description"] = self.description
+        if self.minimum is not None or self.maximum is not None:
+            out["range"] = [self.minimum, self.maximum]
+        if self.choices:
+            out["choices"] = list(self.choices)
+        return out
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    title: str
+    queue: Queue
+    description: str
+    params: tuple[Param, ...] = ()
+    # The explainer needs per-model artifacts (trained generators, support models) to run.
+    needs_artifacts: bool = False
+    # CAM methods need a target layer from the model manifest.
+    needs_target_layer: bool = False
+    references: tuple[str, ...] = field(default=())
+
+    def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Fill defaults and validate ``given``; unknown names are refused with the valid ones listed."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            valid = ", ".join(known) or "none"
+            raise InvalidInput(
+                f"unknown parameter(s) {', '.join(unknown)} for method {self.name!r}; valid: {valid}",
+                code="invalid_params",
+            )
+        return {name: (p.validate(given[name]) if name in given else p.default) for name, p in known.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "queue": self.queue,
+            "description": self.description,
+            "needs_artifacts": self.needs_artifacts,
+            "needs_target_layer": self.needs_target_layer,
+            "params": [p.describe() for p in self.params],
+            "references": list(self.references),
+        }
+
+
+INTERNAL_BATCH = Param(
+    "internal_batch_size", "int", 16, "Most perturbed or interpolated inputs evaluated in one pass", 1, 1024
+)

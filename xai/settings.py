@@ -1,0 +1,70 @@
+"""Settings read from the environment (prefix ``XAI_``) at the edges: gateway, worker, CLI.
+
+Libraries inside (explainers, ingest, registry) take plain arguments and never read the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["explain", "admin"]
+
+
+class ApiKey(BaseModel):
+    """One API key. Give ``key_sha256`` (preferred, the hex digest of the key) or the plain ``key``."""
+
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    scopes: list[Scope] = ["explain"]
+
+    def digest(self) -> str:
+        if self.key_sha256:
+            return self.key_sha256.lower()
+        if self.key:
+            return hashlib.sha256(self.key.encode()).hexdigest()
+        raise ValueError(f"API key {self.name!r} has neither 'key' nor 'key_sha256'")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XAI_", env_file=None, extra="ignore")
+
+    redis_url: str | None = Field(None, description="Redis to use; unset starts an embedded one (xai serve)")
+    data_dir: Path = Field(Path("var"), description="State of embedded mode: Redis AOF, model store")
+    model_dir: Path | None = Field(None, description="Model store shared by gateway and workers; default DATA_DIR/models")
+    host: str = Field("127.0.0.1", description="Gateway bind address; beyond loopback needs API keys")
+    port: int = Field(8000, description="Gateway port")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list of {name, key|key_sha256, scopes}")
+    device: str = Field("auto", description="Worker torch device: auto, cpu, cuda, cuda:N")
+    input_ttl_s: int = Field(6 * 3600, description="How long an uploaded input is kept for its job")
+    result_ttl_s: int = Field(24 * 3600, description="How long finished results are kept")
+    failure_ttl_s: int = Field(24 * 3600, description="How long failed jobs are kept")
+    timeout_fast_s: int = Field(300, description="Job timeout on the fast queue")
+    timeout_slow_s: int = Field(3600, description="Job timeout on the slow queue")
+    timeout_train_s: int = Field(48 * 3600, description="Job timeout on the train queue")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted upload")
+    max_pixels: int = Field(40_000_000, description="Largest accepted image (rows x columns)")
+    max_frames: int = Field(2000, description="Largest accepted number of frames in a multi-frame DICOM")
+    model_cache_size: int = Field(4, description="Models a worker keeps resident (LRU)")
+    heartbeat_s: int = Field(5, description="Worker heartbeat period while a job runs")
+    abandoned_after_s: int = Field(30, description="A started job whose worker is silent this long is failed")
+    fast_batch_max: int = Field(16, description="Most fast jobs a worker batches into one pass")
+    log_level: str = Field("INFO", description="Log level")
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    def timeout_for(self, queue: str) -> int:
+        return {"fast": self.timeout_fast_s, "slow": self.timeout_slow_s, "train": self.timeout_train_s}[queue]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
