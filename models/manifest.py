@@ -56,6 +56,9 @@ class ModelManifest(BaseModel):
     evaluation: dict = Field(default_factory=dict)
     # Explainer artifacts of this version, method name -> path relative to the version directory.
     artifacts: dict[str, str] = Field(default_factory=dict)
+    # Set by the store: an API registration stays "pending" until a worker has built and run it once.
+    status: Literal["pending", "ready", "invalid"] = "ready"
+    status_reason: str | None = None
 
     @field_validator("class_names")
     @classmethod

@@ -122,6 +122,12 @@ class ModelStore:
             self._write_manifest(updated)
         return updated
 
+    def set_status(self, model_id: str, version: int, status: str, reason: str | None) -> ModelManifest:
+        with self._locked(model_id):
+            updated = self.get(model_id, version).model_copy(update={"status": status, "status_reason": reason})
+            self._write_manifest(updated)
+        return updated
+
     def _write_manifest(self, manifest: ModelManifest) -> None:
         path = self.version_dir(manifest.id, manifest.version) / MANIFEST_NAME
         temporary = path.with_suffix(".tmp")

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     timeout_fast_s: int = Field(300, description="Job timeout on the fast queue")
     timeout_slow_s: int = Field(3600, description="Job timeout on the slow queue")
     timeout_train_s: int = Field(48 * 3600, description="Job timeout on the train queue")
+    training_data_dir: Path | None = Field(None, description="Folders the train API may read; default DATA_DIR/training-data")
+    max_model_bytes: int = Field(2 * 1024**3, description="Largest accepted model weights upload")
     max_upload_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted upload")
     max_pixels: int = Field(40_000_000, description="Largest accepted image (rows x columns)")
     max_frames: int = Field(2000, description="Largest accepted number of frames in a multi-frame DICOM")
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     @property
     def model_store_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
+
+    @property
+    def training_root(self) -> Path:
+        return self.training_data_dir or self.data_dir / "training-data"
 
     def timeout_for(self, queue: str) -> int:
         return {"fast": self.timeout_fast_s, "slow": self.timeout_slow_s, "train": self.timeout_train_s}[queue]

@@ -9,7 +9,12 @@ from xai.errors import InvalidInput
 from xai.methods import gradient
 from xai.methods.spec import MethodSpec, Param
 
-CATALOGUE: dict[str, MethodSpec] = {spec.name: spec for family in (gradient,) for spec in family.SPECS}
+FAMILIES = (gradient,)
+CATALOGUE: dict[str, MethodSpec] = {spec.name: spec for family in FAMILIES for spec in family.SPECS}
+# Methods whose per-model artifacts are trained on the train queue, with their training parameters.
+TRAINABLE: dict[str, MethodSpec] = {
+    spec.name: spec for family in FAMILIES for spec in getattr(family, "TRAINING_SPECS", ())
+}
 
 
 def get_method(name: str) -> MethodSpec:
@@ -20,4 +25,11 @@ def get_method(name: str) -> MethodSpec:
     return CATALOGUE[name]
 
 
-__all__ = ["CATALOGUE", "MethodSpec", "Param", "get_method"]
+def get_trainable(name: str) -> MethodSpec:
+    if name not in TRAINABLE:
+        valid = ", ".join(sorted(TRAINABLE)) or "none yet"
+        raise InvalidInput(f"method {name!r} has nothing to train; trainable: {valid}", code="not_trainable")
+    return TRAINABLE[name]
+
+
+__all__ = ["CATALOGUE", "TRAINABLE", "MethodSpec", "Param", "get_method", "get_trainable"]

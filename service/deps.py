@@ -1,0 +1,78 @@
+"""Long-lived objects of the gateway (opened in lifespan) and the dependencies routes ask for."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from models.store import ModelStore
+from xai.errors import Forbidden, Unauthorized
+from xai.jobs import QUEUES
+from xai.settings import Settings
+
+ALL_SCOPES = ("explain", "admin")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    redis: Redis
+    store: ModelStore
+    queues: dict[str, Queue]
+
+    @classmethod
+    def open(cls, settings: Settings) -> Gateway:
+        redis = Redis.from_url(settings.redis_url)
+        queues = {name: Queue(name, connection=redis, serializer=JSONSerializer) for name in QUEUES}
+        return cls(settings, redis, ModelStore(settings.model_store_dir), queues)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the API key's name (jobs are owned by it) and its scopes."""
+
+    name: str
+    scopes: tuple[str, ...]
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def authenticate(request: Request, gateway: GatewayDep) -> Principal:
+    """Bearer API key -> Principal. With no keys configured (loopback only) every caller is 'local'."""
+    keys = gateway.settings.api_keys
+    if not keys:
+        return Principal("local", ALL_SCOPES)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    for key in keys:
+        if hmac.compare_digest(digest, key.digest()):
+            return Principal(key.name, tuple(key.scopes))
+    raise Unauthorized("the API key is not valid", code="invalid_api_key")
+
+
+def require(scope: str):
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope", code="insufficient_scope")
+        return principal
+
+    return check
+
+
+ExplainCaller = Annotated[Principal, Depends(require("explain"))]
+AdminCaller = Annotated[Principal, Depends(require("admin"))]

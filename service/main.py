@@ -1,0 +1,96 @@
+"""The FastAPI gateway: ingests, validates, enqueues and serves results. It never imports torch."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.deps import Gateway
+from service.routes import explanations, jobs, models, system
+from service.telemetry import Telemetry
+from xai.errors import ServiceError
+from xai.settings import Settings, get_settings
+
+log = logging.getLogger("xai.gateway")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve beyond loopback without API keys: patient images must not be open to a network."""
+    if not settings.api_keys and not is_loopback(settings.host):
+        raise SystemExit(
+            f"refusing to listen on {settings.host}: no API keys are configured. Set XAI_API_KEYS "
+            '(e.g. \'[{"name": "pacs", "key_sha256": "<sha256 of the key>", "scopes": ["explain"]}]\') '
+            "or bind to 127.0.0.1."
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    check_exposure(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        gateway = Gateway.open(settings)
+        app.state.gateway = gateway
+        app.state.telemetry = Telemetry(gateway.queues)
+        yield
+        gateway.redis.close()
+
+    app = FastAPI(
+        title="Medical image classifier explanation service",
+        version="0.1.0",
+        description="Submit an image or DICOM instance and a registered classifier; poll the job for a heatmap "
+        "and metrics. Methods: see GET /v1/methods.",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    for router in (system.router, models.router, explanations.router, jobs.router):
+        app.include_router(router)
+    return app
+
+
+def _error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    telemetry = getattr(request.app.state, "telemetry", None)
+    if telemetry is not None:
+        telemetry.errors.labels(code).inc()
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return _error_response(request, error.http_status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        # Name the fields at fault without echoing the submitted values (they may be patient data).
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p not in ('body', 'query', 'path', 'form'))}: {e['msg']}"
+            for e in error.errors()
+        )
+        return _error_response(request, 422, "invalid_request", problems or "the request is malformed")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error_response(request, error.status_code, codes.get(error.status_code, "http_error"), str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(request, 500, "internal_error", "an unexpected error occurred; it has been logged")

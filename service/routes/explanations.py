@@ -1,0 +1,119 @@
+"""POST /v1/explanations: decode and validate the upload, store it, enqueue one job."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from models.manifest import ModelManifest
+from service.deps import ExplainCaller, GatewayDep
+from service.ingest import ingest_upload
+from service.jobs import claim_idempotency, enqueue, new_job_id
+from service.routes.models import available_methods
+from xai.errors import Conflict, InvalidInput, PayloadTooLarge
+from xai.imaging import DecodeLimits, decode_annotation
+from xai.jobs import EXPLAIN_ENTRY
+from xai.methods import get_method
+
+router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
+
+QUEUE_ORDER = ("fast", "slow")  # a request runs on the slowest queue any of its methods needs
+
+
+@router.post("", status_code=202)
+async def create_explanation(
+    request: Request,
+    gateway: GatewayDep,
+    caller: ExplainCaller,
+    file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF (8/16-bit) or DICOM")],
+    model_id: Annotated[str, Form()],
+    method: Annotated[str, Form(description="A method name, or several comma-separated to compare them")],
+    target: Annotated[str | None, Form(description="Class index or name; default: the predicted class")] = None,
+    params: Annotated[str | None, Form(description="JSON object of method parameters")] = None,
+    annotation: Annotated[UploadFile | None, File(description="Mask image or JSON boxes [[x, y, w, h], ...]")] = None,
+    frame: Annotated[int | None, Form(ge=0, description="Frame of a multi-frame DICOM (default 0)")] = None,
+    model_version: Annotated[int | None, Form(ge=1)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    settings = gateway.settings
+    manifest = gateway.store.get(model_id, model_version)
+    methods = _methods(method, manifest)
+    method_params = _params(params, methods)
+    target_index = _target(target, manifest)
+    job_id = new_job_id()
+    existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
+    if existing:
+        return _accepted(request, existing)
+    limits = DecodeLimits(settings.max_upload_bytes, settings.max_pixels, settings.max_frames)
+    data = await _read_limited(file, settings.max_upload_bytes)
+    decoded = await run_in_threadpool(ingest_upload, data, frame=frame, limits=limits)
+    mask = None
+    if annotation is not None:
+        annotation_bytes = await _read_limited(annotation, settings.max_upload_bytes)
+        mask = await run_in_threadpool(decode_annotation, annotation_bytes, shape=decoded.pixels.shape[:2])
+    queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
+    enqueue(
+        gateway, queue, EXPLAIN_ENTRY,
+        {"kind": "explanation", "model_id": manifest.id, "model_version": manifest.version, "methods": methods,
+         "params": method_params, "target": target_index, "input": decoded.meta | {"annotation": mask is not None}},
+        job_id=job_id, owner=caller.name, pixels=decoded.pixels, annotation=mask,
+    )
+    for name in methods:
+        request.app.state.telemetry.submitted.labels("explanation", name).inc()
+    return _accepted(request, job_id)
+
+
+def _accepted(request: Request, job_id: str) -> JSONResponse:
+    return JSONResponse({"job_id": job_id, "status_url": f"{request.base_url}v1/jobs/{job_id}"}, status_code=202)
+
+
+def _methods(field: str, manifest: ModelManifest) -> list[str]:
+    names = [name.strip() for name in field.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InvalidInput("give one method, or several distinct ones separated by commas", code="invalid_request")
+    ready = available_methods(manifest)
+    for name in names:
+        spec = get_method(name)
+        if name not in ready:
+            why = "has no trained artifacts for it (train them: POST /v1/models/{id}/train/" + name + ")" \
+                if spec.needs_artifacts else "names no target layer in its manifest"
+            raise Conflict(f"model {manifest.key} {why}", code="method_unavailable")
+    if manifest.status != "ready":
+        raise Conflict(f"model {manifest.key} is {manifest.status}: {manifest.status_reason or 'being validated'}",
+                       code="model_not_ready")
+    return names
+
+
+def _params(field: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Validate ``params`` against each method's spec. Several methods take {"method": {...}, ...}."""
+    try:
+        given = json.loads(field) if field else {}
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"params is not valid JSON: {error.msg}", code="invalid_params") from None
+    if not isinstance(given, dict):
+        raise InvalidInput("params must be a JSON object", code="invalid_params")
+    if len(methods) == 1:
+        given = {methods[0]: given}
+    elif set(given) - set(methods):
+        raise InvalidInput("with several methods, params maps method names to their parameters", code="invalid_params")
+    return {name: get_method(name).resolve_params(given.get(name) or {}) for name in methods}
+
+
+def _target(field: str | None, manifest: ModelManifest) -> int | None:
+    if field is None or field == "":
+        return None
+    try:
+        return manifest.class_index(field)
+    except ValueError as error:
+        raise InvalidInput(str(error), code="invalid_target") from None
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes", code="payload_too_large")
+    return data

@@ -1,0 +1,137 @@
+"""The model registry over HTTP: list, describe, register (admin) and train explainer artifacts (admin)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, File, Form, Request, UploadFile
+from pydantic import ValidationError
+
+from models.manifest import ModelManifest
+from service.deps import AdminCaller, ExplainCaller, GatewayDep
+from service.jobs import enqueue, new_job_id
+from xai.errors import Conflict, InvalidInput, PayloadTooLarge
+from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY
+from xai.methods import CATALOGUE, get_trainable
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def available_methods(manifest: ModelManifest) -> list[str]:
+    """Methods this model can be explained with now: artifacts trained, target layer named."""
+    return [
+        name
+        for name, spec in CATALOGUE.items()
+        if (not spec.needs_artifacts or name in manifest.artifacts)
+        and (not spec.needs_target_layer or manifest.target_layer)
+    ]
+
+
+def describe(manifest: ModelManifest, versions: list[int]) -> dict[str, Any]:
+    public = manifest.model_dump(exclude={"weights_file"})
+    return public | {"versions": versions, "methods": available_methods(manifest)}
+
+
+@router.get("")
+def list_models(gateway: GatewayDep, _: ExplainCaller) -> dict:
+    store = gateway.store
+    return {"models": [describe(m, store.versions(m.id)) for m in store.list_models()]}
+
+
+@router.get("/{model_id}")
+def get_model(model_id: str, gateway: GatewayDep, _: ExplainCaller, version: int | None = None) -> dict:
+    manifest = gateway.store.get(model_id, version)
+    return describe(manifest, gateway.store.versions(model_id))
+
+
+@router.post("", status_code=201)
+def register_model(
+    request: Request,
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    manifest: Annotated[str, Form(description="The model manifest as JSON (see README)")],
+    weights: Annotated[UploadFile, File(description="A state_dict (.pt) or a TorchScript file")],
+) -> dict:
+    """Register a new version of a classifier; a worker then builds and runs it once to mark it ready."""
+    parsed = _parse_manifest(manifest)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / parsed.weights_file
+        _save_upload(weights, path, gateway.settings.max_model_bytes)
+        stored = gateway.store.register(parsed.model_copy(update={"status": "pending"}), path)
+    job = enqueue(
+        gateway, "fast", VALIDATE_ENTRY,
+        {"kind": "model_validation", "model_id": stored.id, "model_version": stored.version},
+        job_id=new_job_id(), owner=caller.name,
+    )
+    body = describe(stored, gateway.store.versions(stored.id))
+    return body | {"validation_job": {"job_id": job.id, "status_url": f"{request.base_url}v1/jobs/{job.id}"}}
+
+
+def _parse_manifest(text: str) -> ModelManifest:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"the manifest is not valid JSON: {error.msg} at line {error.lineno}",
+                           code="invalid_manifest") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the manifest must be a JSON object", code="invalid_manifest")
+    # What the store decides is never taken from the caller.
+    for field in ("version", "weights_sha256", "artifacts", "status", "status_reason"):
+        data.pop(field, None)
+    try:
+        return ModelManifest.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise InvalidInput(f"the manifest is invalid: {problems}", code="invalid_manifest") from None
+
+
+def _save_upload(upload: UploadFile, path: Path, limit: int) -> None:
+    written = 0
+    with open(path, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                raise PayloadTooLarge(f"the weights file is larger than the limit of {limit} bytes",
+                                      code="payload_too_large")
+            out.write(chunk)
+    if written == 0:
+        raise InvalidInput("the weights file is empty", code="empty_file")
+
+
+@router.post("/{model_id}/train/{method}", status_code=202)
+def train_artifacts(
+    model_id: str,
+    method: str,
+    request: Request,
+    gateway: GatewayDep,
+    caller: AdminCaller,
+    body: Annotated[dict[str, Any], Body(examples=[{"data": "busi/images", "params": {"epochs": 5}}])],
+) -> dict:
+    """Train a method's per-model artifacts (e.g. SyCE generators) on a folder under the training data root."""
+    spec = get_trainable(method)
+    manifest = gateway.store.get(model_id, body.get("version"))
+    if manifest.status != "ready":
+        raise Conflict(f"model {manifest.key} is {manifest.status}, not ready", code="model_not_ready")
+    params = spec.resolve_params(body.get("params") or {})
+    data = _training_folder(gateway.settings.training_root, body.get("data"))
+    job = enqueue(
+        gateway, "train", TRAIN_ENTRY,
+        {"kind": "training", "method": method, "model_id": manifest.id, "model_version": manifest.version,
+         "data": str(data), "params": params, "target_class": body.get("target_class")},
+        job_id=new_job_id(), owner=caller.name,
+    )
+    return {"job_id": job.id, "status_url": f"{request.base_url}v1/jobs/{job.id}"}
+
+
+def _training_folder(root: Path, relative: Any) -> Path:
+    if not isinstance(relative, str) or not relative:
+        raise InvalidInput(f"give 'data': a folder relative to the training data root {root}", code="invalid_request")
+    folder = (root / relative).resolve()
+    if not folder.is_relative_to(root.resolve()) or not folder.is_dir():
+        raise InvalidInput(f"'data' must name an existing folder under the training data root {root}",
+                           code="invalid_training_data")
+    return folder
+

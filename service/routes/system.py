@@ -1,0 +1,50 @@
+"""Liveness, readiness, Prometheus metrics and the method catalogue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from rq.worker import Worker
+
+from service.deps import GatewayDep
+from xai.methods import CATALOGUE
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The gateway process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(gateway: GatewayDep) -> JSONResponse:
+    """Ready when Redis answers and every queue holding jobs has at least one live worker."""
+    try:
+        gateway.redis.ping()
+        queues = {
+            name: {"waiting": queue.count, "workers": Worker.count(queue=queue)}
+            for name, queue in gateway.queues.items()
+        }
+    except RedisError as error:
+        body = {"status": "not_ready", "redis": f"unreachable: {type(error).__name__}"}
+        return JSONResponse(body, status_code=503)
+    stalled = [name for name, q in queues.items() if q["waiting"] and not q["workers"]]
+    body = {"status": "not_ready" if stalled else "ready", "redis": "ok", "queues": queues}
+    if stalled:
+        body["reason"] = f"no live worker on queue(s) with waiting jobs: {', '.join(stalled)}"
+    return JSONResponse(body, status_code=503 if stalled else 200)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/methods")
+def list_methods() -> dict:
+    """Every method: its queue, its parameters (name, type, default, range) and whether it needs artifacts."""
+    return {"methods": [spec.describe() for spec in CATALOGUE.values()]}

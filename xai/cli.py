@@ -1,0 +1,171 @@
+"""The ``xai`` command: run the service (embedded or as separate parts), register models, train.
+
+    xai serve [--port N]                      embedded Redis + one worker per queue + gateway
+    xai gateway [--host H] [--port N]         the gateway alone, against XAI_REDIS_URL
+    xai worker --queues fast,slow [--device cuda:0]
+    xai register FOLDER                       register a model folder (manifest.json + weights)
+    xai train classifier|demo|syce|cyce|gad   see `xai train --help`
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xai import logs
+from xai.jobs import QUEUES
+from xai.settings import Settings
+
+log = logging.getLogger("xai.cli")
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logs.configure(settings.log_level, args.command)
+    return args.run(args, settings) or 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xai", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="embedded mode: Redis, workers and gateway in one command")
+    serve.add_argument("--host", default=None, help="bind address (default XAI_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="gateway port (default XAI_PORT, 8000)")
+    serve.set_defaults(run=_serve)
+
+    gateway = commands.add_parser("gateway", help="run the gateway against XAI_REDIS_URL")
+    gateway.add_argument("--host", default=None)
+    gateway.add_argument("--port", type=int, default=None)
+    gateway.set_defaults(run=_gateway)
+
+    worker = commands.add_parser("worker", help="run a worker against XAI_REDIS_URL")
+    worker.add_argument("--queues", default="fast,slow", help="comma-separated: fast, slow, train")
+    worker.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default XAI_DEVICE)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    worker.set_defaults(run=_worker)
+
+    register = commands.add_parser("register", help="register a model folder into the model store")
+    register.add_argument("folder", type=Path)
+    register.set_defaults(run=_register)
+
+    from xai.training_cli import add_train_commands
+
+    add_train_commands(commands)
+    return parser
+
+
+def _serve(args, settings: Settings) -> int:
+    """Start everything locally and keep it running; Ctrl-C stops it all."""
+    from xai.embedded import EmbeddedRedis
+    from models.store import ModelStore
+
+    settings = _with_bind(settings, args)
+    from service.main import check_exposure
+
+    check_exposure(settings)
+    redis = None
+    if not settings.redis_url:
+        redis = EmbeddedRedis(settings.data_dir / "redis").start()
+        settings = settings.model_copy(update={"redis_url": redis.url})
+    store = ModelStore(settings.model_store_dir)
+    for folder in sorted(DEMO_DIR.glob("*/manifest.json")):
+        manifest = store.register_directory(folder.parent)
+        log.info("demo model %s ready", manifest.key)
+    env = os.environ | {
+        "XAI_REDIS_URL": settings.redis_url,
+        "XAI_DATA_DIR": str(settings.data_dir.resolve()),
+        "XAI_MODEL_DIR": str(settings.model_store_dir.resolve()),
+        "XAI_HOST": settings.host,
+        "XAI_PORT": str(settings.port),
+    }
+    commands = {f"worker-{q}": ["worker", "--queues", q] for q in QUEUES} | {"gateway": ["gateway"]}
+    try:
+        _supervise({name: [sys.executable, "-m", "xai.cli", *cmd] for name, cmd in commands.items()}, env)
+    finally:
+        if redis:
+            redis.stop()
+    return 0
+
+
+def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
+    """Run each command; restart one that dies (a killed worker comes back); stop all on SIGINT/SIGTERM."""
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    log.info("serving on http://%s:%s (Ctrl-C to stop)", env["XAI_HOST"], env["XAI_PORT"])
+    while not stopping:
+        time.sleep(0.5)
+        for name, child in children.items():
+            if child.poll() is not None and not stopping:
+                log.warning("%s exited with %s; restarting it", name, child.returncode)
+                children[name] = subprocess.Popen(commands[name], env=env)
+    for child in children.values():
+        child.terminate()
+    for child in children.values():
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _with_bind(settings: Settings, args) -> Settings:
+    update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    return settings.model_copy(update=update)
+
+
+def _gateway(args, settings: Settings) -> int:
+    import uvicorn
+
+    from service.main import create_app
+
+    settings = _with_bind(settings, args)
+    _require_redis(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _worker(args, settings: Settings) -> int:
+    from workers.main import run_worker
+
+    if args.device:
+        settings = settings.model_copy(update={"device": args.device})
+    _require_redis(settings)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = set(queues) - set(QUEUES)
+    if unknown:
+        raise SystemExit(f"unknown queue(s) {', '.join(sorted(unknown))}; queues: {', '.join(QUEUES)}")
+    run_worker(settings, queues, burst=args.burst)
+    return 0
+
+
+def _register(args, settings: Settings) -> int:
+    from models.store import ModelStore
+
+    manifest = ModelStore(settings.model_store_dir).register_directory(args.folder)
+    print(f"registered {manifest.key} (sha256 {manifest.weights_sha256[:12]}...)")
+    return 0
+
+
+def _require_redis(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise SystemExit("set XAI_REDIS_URL (e.g. redis://localhost:6379/0), or use `xai serve` for embedded mode")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
