@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse
 
 from models.manifest import ModelManifest
 from service.deps import ExplainCaller, GatewayDep
-from service.ingest import ingest_upload
+from service.ingest import ingest_upload, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id
 from service.routes.models import available_methods
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
-from xai.imaging import DecodeLimits, decode_annotation
+from xai.imaging import decode_annotation
 from xai.jobs import EXPLAIN_ENTRY
 from xai.methods import get_method
 
@@ -48,13 +48,15 @@ async def create_explanation(
     existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
     if existing:
         return _accepted(request, existing)
-    limits = DecodeLimits(settings.max_upload_bytes, settings.max_pixels, settings.max_frames)
+    limits = limits_from_settings(settings)
     data = await _read_limited(file, settings.max_upload_bytes)
     decoded = await run_in_threadpool(ingest_upload, data, frame=frame, limits=limits)
     mask = None
     if annotation is not None:
         annotation_bytes = await _read_limited(annotation, settings.max_upload_bytes)
-        mask = await run_in_threadpool(decode_annotation, annotation_bytes, shape=decoded.pixels.shape[:2])
+        mask = await run_in_threadpool(
+            decode_annotation, annotation_bytes, shape=decoded.pixels.shape[:2], limits=limits
+        )
     queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
     enqueue(
         gateway, queue, EXPLAIN_ENTRY,

@@ -1,0 +1,47 @@
+"""Image and DICOM decoding: encoded bytes -> canonical image, torch-free and environment-free.
+
+The gateway's ingest and the training code on image folders both use this package, so an image
+is read the same way everywhere. Public API::
+
+    sniff_format(data) -> "png" | "jpeg" | "tiff" | "dicom"
+    decode_image(data, *, frame=None, limits) -> DecodedImage(pixels, format, meta)
+    decode_annotation(data, *, shape, limits=None) -> bool mask
+
+Canonical image: float32, ``H x W`` or ``H x W x 3``, values in [0, 1] (intensity rules in
+``canonical``, DICOM processing in ``dicom``, PNG/JPEG/TIFF in ``raster``). ``meta`` only holds an
+allow-list of non-identifying fields.
+
+Error codes (``xai.errors`` classes; HTTP status in brackets):
+
+=================================== ====================== =====
+code                                class                  HTTP
+=================================== ====================== =====
+empty_file                          InvalidImage           422
+corrupt_image                       InvalidImage           422
+dicom_no_pixel_data                 InvalidImage           422
+dicom_truncated_pixel_data          InvalidImage           422
+frame_out_of_range                  InvalidInput           422
+invalid_annotation                  InvalidInput           422
+unsupported_format                  UnsupportedMediaType   415
+dicom_unsupported_transfer_syntax   UnsupportedMediaType   415
+dicom_unsupported_photometric       UnsupportedMediaType   415
+payload_too_large                   PayloadTooLarge        413
+image_too_large                     PayloadTooLarge        413
+too_many_frames                     PayloadTooLarge        413
+out_of_memory                       Unavailable            503
+=================================== ====================== =====
+"""
+
+from xai.imaging.annotation import decode_annotation
+from xai.imaging.canonical import DecodedImage, DecodeLimits
+from xai.imaging.decode import decode_image
+from xai.imaging.sniff import ACCEPTED_FORMATS, sniff_format
+
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "DecodeLimits",
+    "DecodedImage",
+    "decode_annotation",
+    "decode_image",
+    "sniff_format",
+]
