@@ -13,10 +13,14 @@ import numpy as np
 import torch
 
 from models.loader import resolve_layer
+from models.preprocess import to_model_input
 from models.store import ModelStore
 from workers import metrics as scoring
+from workers import quality
 from workers.explainers import EXPLAINERS
-from workers.explainers.base import Progress
+from workers.explainers.base import Explainer, Progress
+from workers.patching import explain_in_patches
+from workers.precision import explain_mixed_precision
 from workers.runtime import JobProgress, LoadedModel
 from xai.errors import InvalidInput
 from xai.jobs import Stage
@@ -47,19 +51,27 @@ def explain_image(
     progress: JobProgress,
     *,
     annotation: np.ndarray | None = None,
+    native: np.ndarray | None = None,
 ) -> Outcome:
-    """Explain ``image`` (1 x C x H x W at the model size) with every method the request names."""
+    """Explain ``image`` (1 x C x H x W at the model size) with every method the request names.
+
+    With ``request["patch_mode"]`` and the canonical ``native`` image larger than the model input,
+    each method runs tile by tile at the native resolution and the tiles are blended; the metrics
+    are still scored at the model size, on the blended heatmap resized to it.
+    """
     manifest, model = loaded.manifest, loaded.classifier
     prediction = scoring.prediction(model, image, manifest.class_names)
     target = prediction["class"] if request.get("target") is None else int(request["target"])
     methods: list[str] = request["methods"]
     per_method: dict[str, MethodResult] = {}
     compute_ms = 0.0
+    job = JobSettings.from_request(request)
     for index, method in enumerate(methods):
         span = (0.1 + 0.85 * index / len(methods), 0.1 + 0.85 * (index + 1) / len(methods))
         progress.stage(Stage.EXPLAINING, span)
         started = time.perf_counter()
-        result = _run_method(loaded, store, method, image, target, request["params"].get(method, {}), progress)
+        result = _run_method(loaded, store, method, image, target, request["params"].get(method, {}), progress,
+                             job, native)
         compute_ms += (time.perf_counter() - started) * 1000
         result.metrics |= _score(model, image, result.heatmap, target, annotation)
         per_method[method] = result
@@ -78,6 +90,20 @@ def explain_image(
     return Outcome(per_method, metrics, {"compute_ms": round(compute_ms, 1)})
 
 
+@dataclass(frozen=True)
+class JobSettings:
+    """Request-level options that apply to every method of a job."""
+
+    quality_metrics: tuple[str, ...] = ()
+    patch_mode: bool = False
+    patch_overlap: float = 0.25
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> JobSettings:
+        return cls(tuple(request.get("quality_metrics") or ()), bool(request.get("patch_mode")),
+                   float(request.get("patch_overlap", 0.25)))
+
+
 def _run_method(
     loaded: LoadedModel,
     store: ModelStore,
@@ -86,27 +112,69 @@ def _run_method(
     target: int,
     params: dict[str, Any],
     progress: Progress,
+    job: JobSettings,
+    native: np.ndarray | None,
 ) -> MethodResult:
-    spec = get_method(method)
+    manifest = loaded.manifest
+    explainer = _build_explainer(loaded.classifier, method, store, loaded)
+    method_metrics: dict[str, Any] = {"method": {"name": method, "params": params}}
+    spec = manifest.input
+    if job.patch_mode and native is not None and (native.shape[0] > spec.height or native.shape[1] > spec.width):
+        full = to_model_input(native, spec.model_copy(update={"height": native.shape[0], "width": native.shape[1]}))
+        heatmap = explain_in_patches(explainer, full.to(image.device), target, params, (spec.height, spec.width),
+                                     job.patch_overlap, progress)
+        method_metrics["patches"] = {"patch_size": [spec.height, spec.width], "overlap": job.patch_overlap}
+        return MethodResult(heatmap.detach().float().cpu(), {}, method_metrics)
+    explanation, precision = explain_mixed_precision(explainer, image, [target], params, progress)
+    images = {name: _image_array(batch[0]) for name, batch in explanation.images.items()}
+    details = explanation.details[0]
+    method_metrics["precision"] = precision
+    if details:
+        method_metrics[method] = details
+    heatmap = explanation.heatmaps[0].cpu()
+    if job.quality_metrics:
+        method_metrics["quality"] = _quality(loaded, store, method, explainer, image, heatmap, target, params,
+                                             job.quality_metrics)
+    return MethodResult(heatmap, images, method_metrics)
+
+
+def _build_explainer(model: torch.nn.Module, method: str, store: ModelStore, loaded: LoadedModel) -> Explainer:
+    """The method's explainer on ``model`` (the classifier, or a randomised copy of it)."""
     manifest = loaded.manifest
     target_layer = None
-    if spec.needs_target_layer:
+    if get_method(method).needs_target_layer:
         if not manifest.target_layer:
             raise InvalidInput(
                 f"method {method!r} needs a target layer and model {manifest.id!r} names none in its manifest",
                 code="target_layer_required",
             )
-        target_layer = resolve_layer(loaded.classifier, manifest.target_layer)
-    explainer = EXPLAINERS[method](
-        loaded.classifier, target_layer=target_layer, artifacts=store.artifact_path(manifest, method)
-    )
-    explanation = explainer.explain(image, [target], params, progress)
-    images = {name: _image_array(batch[0]) for name, batch in explanation.images.items()}
-    details = explanation.details[0]
-    method_metrics: dict[str, Any] = {"method": {"name": method, "params": params}}
-    if details:
-        method_metrics[method] = details
-    return MethodResult(explanation.heatmaps[0].cpu(), images, method_metrics)
+        target_layer = resolve_layer(model, manifest.target_layer)
+    return EXPLAINERS[method](model, target_layer=target_layer, artifacts=store.artifact_path(manifest, method))
+
+
+def _quality(
+    loaded: LoadedModel, store: ModelStore, method: str, explainer: Explainer, image: torch.Tensor,
+    heatmap: torch.Tensor, target: int, params: dict[str, Any], wanted: tuple[str, ...],
+) -> dict[str, Any]:
+    """The explanation-quality metrics the caller asked for (each costs extra model or explainer runs)."""
+
+    def explain_fn_of(candidate: Explainer):
+        return lambda images, targets: candidate.explain(images, targets, params).heatmaps
+
+    heatmap = heatmap.to(image.device)
+    figures: dict[str, Any] = {}
+    if "infidelity" in wanted:
+        figures["infidelity"] = quality.infidelity(loaded.classifier, image, heatmap, target)
+    if "max_sensitivity" in wanted:
+        figures["max_sensitivity"] = quality.max_sensitivity(explain_fn_of(explainer), image, target,
+                                                             max_examples_per_batch=1)
+    if "randomisation" in wanted:
+        figures["randomisation"] = quality.randomisation_check(
+            loaded.classifier,
+            lambda copy: explain_fn_of(_build_explainer(copy, method, store, loaded)),
+            image, target, trained_heatmap=heatmap,
+        )
+    return figures
 
 
 def _image_array(tensor: torch.Tensor) -> np.ndarray:
@@ -118,13 +186,16 @@ def _image_array(tensor: torch.Tensor) -> np.ndarray:
 def _score(
     model: torch.nn.Module, image: torch.Tensor, heatmap: torch.Tensor, target: int, annotation: np.ndarray | None
 ) -> dict[str, Any]:
+    if heatmap.shape != image.shape[-2:]:  # a patch-mode heatmap is at the native size
+        heatmap = torch.nn.functional.interpolate(heatmap[None, None], size=image.shape[-2:], mode="bilinear",
+                                                  antialias=True)[0, 0]
     scores: dict[str, Any] = {
         "faithfulness": scoring.deletion_insertion(
             model, image, heatmap.to(image.device), target, steps=FAITHFULNESS_STEPS
         ),
         "complexity": scoring.complexity(heatmap.numpy()),
     }
-    if annotation is not None and annotation.any():
+    if annotation is not None:
         scores["localization"] = scoring.localization(heatmap.numpy(), annotation)
     return scores
 

@@ -75,7 +75,8 @@ def _run_explanation(request: dict[str, Any], progress: JobProgress) -> dict[str
     annotation = _fetch_annotation(ctx.connection, job_id)
     tensor = to_model_input(image, loaded.manifest.input).to(ctx.device)
     outcome = explain_image(
-        loaded, ctx.store, tensor, request, progress, annotation=_annotation_at_model_size(annotation, tensor)
+        loaded, ctx.store, tensor, request, progress,
+        annotation=_annotation_at_model_size(annotation, tensor), native=image,
     )
     progress.stage(Stage.RENDERING, (0.95, 0.98))
     files = {}

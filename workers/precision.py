@@ -43,7 +43,7 @@ def explain_mixed_precision(
     Example:
         >>> explanation, precision = explain_mixed_precision(IntegratedGradients(model), images, [1], params)
     """
-    if images.device.type != "cuda" or not getattr(explainer, "supports_autocast", False):
+    if images.device.type != "cuda" or not explainer.supports_autocast:
         return explainer.explain(images, targets, params, progress), "float32"
     return explain_autocast_or_float32(
         explainer, images, targets, params, progress, device_type="cuda", dtype=dtype

@@ -22,6 +22,7 @@ from xai.methods import get_method
 router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
 
 QUEUE_ORDER = ("fast", "slow")  # a request runs on the slowest queue any of its methods needs
+QUALITY_METRICS = ("infidelity", "max_sensitivity", "randomisation")
 
 
 @router.post("", status_code=202)
@@ -37,6 +38,10 @@ async def create_explanation(
     annotation: Annotated[UploadFile | None, File(description="Mask image or JSON boxes [[x, y, w, h], ...]")] = None,
     frame: Annotated[int | None, Form(ge=0, description="Frame of a multi-frame DICOM (default 0)")] = None,
     model_version: Annotated[int | None, Form(ge=1)] = None,
+    metrics: Annotated[str | None, Form(description="Extra quality metrics, comma-separated: "
+                                        + ", ".join(QUALITY_METRICS))] = None,
+    patch_mode: Annotated[bool, Form(description="Explain a large image tile by tile at its own resolution")] = False,
+    patch_overlap: Annotated[float, Form(ge=0.0, le=0.9, description="Tile overlap, a fraction of the tile")] = 0.25,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     settings = gateway.settings
@@ -44,6 +49,7 @@ async def create_explanation(
     methods = _methods(method, manifest)
     method_params = _params(params, methods)
     target_index = _target(target, manifest)
+    quality_metrics = _quality_metrics(metrics)
     job_id = new_job_id()
     existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
     if existing:
@@ -61,7 +67,8 @@ async def create_explanation(
     enqueue(
         gateway, queue, EXPLAIN_ENTRY,
         {"kind": "explanation", "model_id": manifest.id, "model_version": manifest.version, "methods": methods,
-         "params": method_params, "target": target_index, "input": decoded.meta | {"annotation": mask is not None}},
+         "params": method_params, "target": target_index, "quality_metrics": quality_metrics,
+         "patch_mode": patch_mode, "patch_overlap": patch_overlap, "input": decoded.meta | {"annotation": mask is not None}},
         job_id=job_id, owner=caller.name, pixels=decoded.pixels, annotation=mask,
     )
     for name in methods:
@@ -103,6 +110,15 @@ def _params(field: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:
     elif set(given) - set(methods):
         raise InvalidInput("with several methods, params maps method names to their parameters", code="invalid_params")
     return {name: get_method(name).resolve_params(given.get(name) or {}) for name in methods}
+
+
+def _quality_metrics(field: str | None) -> list[str]:
+    names = [name.strip() for name in (field or "").split(",") if name.strip()]
+    unknown = sorted(set(names) - set(QUALITY_METRICS))
+    if unknown:
+        raise InvalidInput(f"unknown metric(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_METRICS)} "
+                           "(deletion/insertion AUC and complexity are always computed)", code="invalid_metrics")
+    return names
 
 
 def _target(field: str | None, manifest: ModelManifest) -> int | None:

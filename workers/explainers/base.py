@@ -54,6 +54,8 @@ class Explainer(ABC):
     """Base class. Subclasses set ``name`` (the catalogue key) and implement ``_explain``."""
 
     name: ClassVar[str]
+    # Opt-in to autocast on CUDA (workers/precision.py), for methods whose result survives float16.
+    supports_autocast: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, *, target_layer: nn.Module | None = None, artifacts: Path | None = None):
         self.model = model
