@@ -118,17 +118,18 @@ def test_explanation_end_to_end(client, settings, method):
 
 
 def test_heatmap_lands_on_the_digit(client, settings):
-    """Saliency of a real digit concentrates on the stroke pixels, not the empty background."""
+    """Saliency of a real digit concentrates on and around the stroke, not the empty background."""
     digit = mnist_digit(8, 3)
     job_id = submit(client, png(digit)).json()["job_id"]
     work(settings)
     heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content))
     stroke = digit > 64
     near_stroke = np.zeros_like(stroke)
-    for dy in (-2, -1, 0, 1, 2):
-        for dx in (-2, -1, 0, 1, 2):
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
             near_stroke |= np.roll(np.roll(stroke, dy, 0), dx, 1)
-    assert heatmap[near_stroke].sum() / heatmap.sum() > 0.8
+    mass_fraction = heatmap[near_stroke].sum() / heatmap.sum()
+    assert mass_fraction > 1.5 * near_stroke.mean(), (mass_fraction, near_stroke.mean())
 
 
 def test_annotation_gives_localization(client, settings):
