@@ -13,6 +13,7 @@ from workers.explainers.grad_cam_plus_plus import GradCamPlusPlus
 from workers.explainers.gradient_shap import GradientShap
 from workers.explainers.guided_backprop import GuidedBackprop
 from workers.explainers.guided_grad_cam import GuidedGradCam
+from workers.explainers.igos_pp import IgosPP
 from workers.explainers.input_x_gradient import InputXGradient
 from workers.explainers.integrated_gradients import IntegratedGradients
 from workers.explainers.occlusion import Occlusion
@@ -31,6 +32,7 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "gradient_shap": GradientShap,
     "guided_backprop": GuidedBackprop,
     "guided_grad_cam": GuidedGradCam,
+    "igos_pp": IgosPP,
     "input_x_gradient": InputXGradient,
     "integrated_gradients": IntegratedGradients,
     "occlusion": Occlusion,
