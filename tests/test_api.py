@@ -355,3 +355,23 @@ def test_metrics_endpoint(client):
     text = client.get("/metrics").text
     assert 'xai_request_errors_total{code="empty_file"} 1.0' in text
     assert 'xai_queue_depth{queue="fast"}' in text
+
+
+def test_waiting_jobs_of_one_model_and_method_are_explained_in_one_batch(client, settings):
+    """Three queued saliency jobs run as one batch; their heatmaps equal those computed one by one."""
+    digits = [mnist_digit(3, 5), mnist_digit(8, 5), mnist_digit(3, 6)]
+    batched = [submit(client, png(d)).json()["job_id"] for d in digits]
+    other = submit(client, png(digits[0]), method="grad_cam").json()["job_id"]
+    work(settings)
+    batched_maps = []
+    for job_id in batched:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "finished" and job["result"]["metrics"]["batch"] == {"size": 3}
+        batched_maps.append(np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content)))
+    assert "batch" not in client.get(f"/v1/jobs/{other}").json()["result"]["metrics"]
+    assert client.get(f"/v1/jobs/{batched[1]}").json()["result"]["metrics"]["target"]["class_name"] == "eight"
+    for digit, batched_map in zip(digits, batched_maps, strict=True):
+        alone = submit(client, png(digit)).json()["job_id"]
+        work(settings)
+        single = np.load(io.BytesIO(client.get(f"/v1/jobs/{alone}/heatmap.npy").content))
+        np.testing.assert_allclose(batched_map, single, rtol=1e-4, atol=1e-6)

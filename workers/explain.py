@@ -34,6 +34,7 @@ class MethodResult:
     heatmap: torch.Tensor  # H x W at the model input size, on the CPU
     images: dict[str, np.ndarray] = field(default_factory=dict)  # extra images, H x W (x 3) in [0, 1]
     metrics: dict[str, Any] = field(default_factory=dict)
+    target: int | None = None  # the class explained, when it was chosen in a batch
 
 
 @dataclass
@@ -52,16 +53,20 @@ def explain_image(
     *,
     annotation: np.ndarray | None = None,
     native: np.ndarray | None = None,
+    precomputed: MethodResult | None = None,
 ) -> Outcome:
     """Explain ``image`` (1 x C x H x W at the model size) with every method the request names.
 
     With ``request["patch_mode"]`` and the canonical ``native`` image larger than the model input,
     each method runs tile by tile at the native resolution and the tiles are blended; the metrics
-    are still scored at the model size, on the blended heatmap resized to it.
+    are still scored at the model size, on the blended heatmap resized to it. ``precomputed`` is
+    the single method's result when the worker already computed it in a batch with other jobs.
     """
     manifest, model = loaded.manifest, loaded.classifier
     prediction = scoring.prediction(model, image, manifest.class_names)
     target = prediction["class"] if request.get("target") is None else int(request["target"])
+    if precomputed is not None and precomputed.target is not None:
+        target = precomputed.target
     methods: list[str] = request["methods"]
     per_method: dict[str, MethodResult] = {}
     compute_ms = 0.0
@@ -70,8 +75,9 @@ def explain_image(
         span = (0.1 + 0.85 * index / len(methods), 0.1 + 0.85 * (index + 1) / len(methods))
         progress.stage(Stage.EXPLAINING, span)
         started = time.perf_counter()
-        result = _run_method(loaded, store, method, image, target, request["params"].get(method, {}), progress,
-                             job, native)
+        result = precomputed or run_method(
+            loaded, store, method, image, [target], request["params"].get(method, {}), progress, job, native
+        )[0]
         compute_ms += (time.perf_counter() - started) * 1000
         result.metrics |= _score(model, image, result.heatmap, target, annotation)
         per_method[method] = result
@@ -104,38 +110,46 @@ class JobSettings:
                    float(request.get("patch_overlap", 0.25)))
 
 
-def _run_method(
+def run_method(
     loaded: LoadedModel,
     store: ModelStore,
     method: str,
-    image: torch.Tensor,
-    target: int,
+    images: torch.Tensor,
+    targets: list[int],
     params: dict[str, Any],
     progress: Progress,
     job: JobSettings,
-    native: np.ndarray | None,
-) -> MethodResult:
+    native: np.ndarray | None = None,
+) -> list[MethodResult]:
+    """One method on a batch of images (B x C x H x W at the model size), one result per image.
+
+    Patch mode and quality metrics are per-image options: the worker only batches jobs without them.
+    """
     manifest = loaded.manifest
     explainer = _build_explainer(loaded.classifier, method, store, loaded)
-    method_metrics: dict[str, Any] = {"method": {"name": method, "params": params}}
     spec = manifest.input
     if job.patch_mode and native is not None and (native.shape[0] > spec.height or native.shape[1] > spec.width):
         full = to_model_input(native, spec.model_copy(update={"height": native.shape[0], "width": native.shape[1]}))
-        heatmap = explain_in_patches(explainer, full.to(image.device), target, params, (spec.height, spec.width),
-                                     job.patch_overlap, progress)
-        method_metrics["patches"] = {"patch_size": [spec.height, spec.width], "overlap": job.patch_overlap}
-        return MethodResult(heatmap.detach().float().cpu(), {}, method_metrics)
-    explanation, precision = explain_mixed_precision(explainer, image, [target], params, progress)
-    images = {name: _image_array(batch[0]) for name, batch in explanation.images.items()}
-    details = explanation.details[0]
-    method_metrics["precision"] = precision
-    if details:
-        method_metrics[method] = details
-    heatmap = explanation.heatmaps[0].cpu()
+        heatmap = explain_in_patches(explainer, full.to(images.device), targets[0], params,
+                                     (spec.height, spec.width), job.patch_overlap, progress)
+        patches = {"patch_size": [spec.height, spec.width], "overlap": job.patch_overlap}
+        return [MethodResult(heatmap.detach().float().cpu(), {}, {**_method_block(method, params), "patches": patches})]
+    explanation, precision = explain_mixed_precision(explainer, images, targets, params, progress)
+    results = []
+    for index, details in enumerate(explanation.details):
+        method_metrics = {**_method_block(method, params), "precision": precision}
+        if details:
+            method_metrics[method] = details
+        extra = {name: _image_array(batch[index]) for name, batch in explanation.images.items()}
+        results.append(MethodResult(explanation.heatmaps[index].cpu(), extra, method_metrics))
     if job.quality_metrics:
-        method_metrics["quality"] = _quality(loaded, store, method, explainer, image, heatmap, target, params,
-                                             job.quality_metrics)
-    return MethodResult(heatmap, images, method_metrics)
+        results[0].metrics["quality"] = _quality(loaded, store, method, explainer, images, results[0].heatmap,
+                                                 targets[0], params, job.quality_metrics)
+    return results
+
+
+def _method_block(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"method": {"name": method, "params": params}}
 
 
 def _build_explainer(model: torch.nn.Module, method: str, store: ModelStore, loaded: LoadedModel) -> Explainer:

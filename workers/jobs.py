@@ -20,7 +20,7 @@ from rq import get_current_job
 
 from models.preprocess import heatmap_to_input_size, to_model_input
 from models.store import ModelStore
-from workers import render
+from workers import batching, render
 from workers.explain import explain_image
 from workers.runtime import JobProgress, ModelCache, pick_device
 from xai.canonical import decode_canonical
@@ -74,9 +74,15 @@ def _run_explanation(request: dict[str, Any], progress: JobProgress) -> dict[str
     image = _fetch_input(ctx.connection, job_id)
     annotation = _fetch_annotation(ctx.connection, job_id)
     tensor = to_model_input(image, loaded.manifest.input).to(ctx.device)
+    precomputed = batching.take_ready(job_id)
+    job = get_current_job()
+    if precomputed is None and job is not None and batching.batch_key(request):
+        progress.stage(Stage.EXPLAINING, (0.1, 0.6))
+        precomputed = batching.explain_with_waiting_peers(job, ctx, loaded, tensor, request, progress,
+                                                          ctx.settings.batch_max)
     outcome = explain_image(
         loaded, ctx.store, tensor, request, progress,
-        annotation=_annotation_at_model_size(annotation, tensor), native=image,
+        annotation=_annotation_at_model_size(annotation, tensor), native=image, precomputed=precomputed,
     )
     progress.stage(Stage.RENDERING, (0.95, 0.98))
     files = {}

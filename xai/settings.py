@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, description="Models a worker keeps resident (LRU)")
     heartbeat_s: int = Field(5, description="Worker heartbeat period while a job runs")
     abandoned_after_s: int = Field(30, description="A started job whose worker is silent this long is failed")
+    batch_max: int = Field(16, ge=1, description="Most waiting jobs of one model, method and params explained in one pass")
     log_level: str = Field("INFO", description="Log level")
 
     @property
