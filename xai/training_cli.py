@@ -46,10 +46,11 @@ def add_train_commands(commands) -> None:
 
 def _train_classifier(args: argparse.Namespace, settings: Settings) -> int:
     from models.training.classifier import train_from_folder
+    from workers.runtime import pick_device
 
     folder = train_from_folder(
         args.data, args.out, model_id=args.id, architecture=args.architecture, size=args.size,
-        channels=args.channels, epochs=args.epochs, val_fraction=args.val_fraction, device=args.device,
+        channels=args.channels, epochs=args.epochs, val_fraction=args.val_fraction, device=pick_device(args.device),
     )
     print(f"wrote {folder}; register it with: xai register {folder}")
     return 0

@@ -1,0 +1,90 @@
+"""Training images from a folder: every PNG, JPEG, TIFF or DICOM file under it, as model-input tensors.
+
+Files are decoded exactly as the gateway decodes an upload (``xai.imaging.decode_image``: format
+sniffed from the bytes, DICOM LUTs and MONOCHROME1 applied) and resized as a worker resizes a
+request (``models.preprocess.to_model_input``), so a model trained here sees what it will be served.
+
+Example:
+    >>> images, labels, paths = load_image_folder(Path("busi"), spec, ["benign", "malignant"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.manifest import InputSpec
+from models.preprocess import to_model_input
+from xai.errors import InvalidInput, ServiceError
+from xai.imaging import DecodeLimits, decode_image
+
+
+def load_image_folder(
+    folder: Path,
+    input_spec: InputSpec,
+    class_names: Sequence[str] | None = None,
+    *,
+    limits: DecodeLimits | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Path]]:
+    """Load every image under ``folder`` (recursively, sorted by path) at the model's input size.
+
+    Files whose bytes are not an image format (a CSV, a README) are skipped; hidden files too.
+    Multi-frame DICOM files give their first frame.
+
+    Args:
+        folder: The folder to read.
+        input_spec: Size and channels of the returned tensors.
+        class_names: When every image lies under a first-level sub-folder named after one of these,
+            labels are the index of that name. Default: None (no labels).
+        limits: Decoding limits per file. Default: ``DecodeLimits()``.
+
+    Returns:
+        ``N x C x H x W`` float32 images in [0, 1], ``N`` labels (LongTensor) or None, and the paths.
+
+    Raises:
+        InvalidInput: ``no_images`` when the folder holds no image.
+        ServiceError: The decoding error of the first broken image file, its path in the message.
+    """
+    folder = Path(folder)
+    limits = limits or DecodeLimits()
+    tensors, paths = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder))):
+        pixels = read_image(path, limits)
+        if pixels is not None:
+            tensors.append(to_model_input(pixels, input_spec)[0])
+            paths.append(path)
+    if not tensors:
+        raise InvalidInput(f"no PNG, JPEG, TIFF or DICOM image found under {folder}", code="no_images")
+    return torch.stack(tensors), _labels(folder, paths, class_names), paths
+
+
+def read_image(path: Path, limits: DecodeLimits) -> np.ndarray | None:
+    """The canonical image of one file (first frame of a multi-frame DICOM), or None if not an image."""
+    try:
+        return decode_image(path.read_bytes(), limits=limits).pixels
+    except ServiceError as error:
+        # Bytes of no image format at all (a CSV, a README) are skipped; a broken image is an error.
+        if error.code == "unsupported_format":
+            return None
+        raise type(error)(f"{path}: {error.message}", code=error.code) from error
+
+
+def class_folders(folder: Path) -> list[str]:
+    """Sorted names of the visible first-level sub-folders of ``folder`` (the class names)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _labels(folder: Path, paths: list[Path], class_names: Sequence[str] | None) -> torch.Tensor | None:
+    if not class_names:
+        return None
+    first_parts = [p.relative_to(folder).parts for p in paths]
+    if any(len(parts) < 2 or parts[0] not in class_names for parts in first_parts):
+        return None
+    return torch.tensor([list(class_names).index(parts[0]) for parts in first_parts], dtype=torch.long)
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)

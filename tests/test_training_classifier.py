@@ -1,0 +1,192 @@
+"""Classifier training: ROC AUC, the training loop, image folders, model folders, the shipped demo models."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+
+from models.loader import load_classifier
+from models.manifest import InputSpec, ModelManifest
+from models.store import MANIFEST_NAME, sha256_of
+from models.training import demo
+from models.training.classifier import (
+    Augmentation,
+    macro_roc_auc,
+    roc_auc,
+    stratified_split,
+    train_classifier,
+    train_from_folder,
+)
+from models.training.data import load_image_folder
+from xai.errors import InvalidImage
+
+SPEC = InputSpec(height=16, width=16, channels=1)
+TINY = {"widths": [4, 8]}
+DATA_ROOT = demo.DEFAULT_DATA_ROOT
+
+
+# ----------------------------------------------------------------------------- ROC AUC
+
+
+def test_roc_auc_known_values():
+    # The textbook example (also scikit-learn's docstring): 3 of the 4 positive-negative pairs are ordered.
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0.2, 0.9]), np.array([0, 1])) == 1.0
+    assert roc_auc(np.array([0.9, 0.2]), np.array([0, 1])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5]), np.array([0, 1, 1])) == 0.5  # ties count one half
+    assert roc_auc(np.array([0.1, 0.2]), np.array([1, 1])) is None
+
+
+def test_macro_roc_auc_averages_one_vs_rest():
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4]])
+    labels = np.array([0, 1, 2, 2])
+    # Class 0: its positive 0.8 beats 0.2, 0.3, 0.5; class 1: 0.7 beats 0.1, 0.3, 0.1;
+    # class 2: 0.4 and 0.4 beat 0.1 and 0.1.
+    assert macro_roc_auc(probabilities, labels) == pytest.approx(1.0)
+    probabilities[3, 0] = 0.9  # class 0 now ranks one negative above its positive: 2 of 3 pairs
+    assert macro_roc_auc(probabilities, labels) == pytest.approx((2 / 3 + 1 + 1) / 3)
+
+
+def test_stratified_split_holds_out_the_fraction_of_each_class():
+    labels = torch.tensor([0] * 10 + [1] * 20)
+    train, held_out = stratified_split(labels, 0.2, seed=3)
+    assert sorted(train.tolist() + held_out.tolist()) == list(range(30))
+    assert torch.bincount(labels[held_out]).tolist() == [2, 4]
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+def separable_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images; class 1 ("spot") has a bright 5 x 5 square somewhere, class 0 ("plain") none."""
+    generator = torch.Generator().manual_seed(seed)
+    images = 0.3 * torch.rand(count, 1, 16, 16, generator=generator)
+    labels = torch.arange(count) % 2
+    for index in torch.nonzero(labels).flatten().tolist():
+        row, column = torch.randint(0, 11, (2,), generator=generator).tolist()
+        images[index, 0, row : row + 5, column : column + 5] += 0.7
+    return images, labels
+
+
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_training_drives_the_loss_down_and_learns_a_separable_task(output):
+    images, labels = separable_images(64, seed=0)
+    val_images, val_labels = separable_images(32, seed=1)
+    losses = []
+
+    def record(fraction: float, note: str | None) -> None:
+        losses.append(float(note.split("train loss ")[1].split(",")[0]))
+
+    net, evaluation = train_classifier(
+        images, labels, architecture="small_cnn", architecture_args=TINY, input_spec=SPEC,
+        class_names=["plain", "spot"], output=output, epochs=8, batch_size=16, lr=3e-2, device="cpu", seed=0,
+        val_images=val_images, val_labels=val_labels, progress=record, augment=None,
+    )
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    assert evaluation["accuracy"] >= 0.95 and evaluation["auc"] >= 0.98
+    assert evaluation["n_train"] == 64 and evaluation["n_test"] == 32
+    assert not net.training
+
+
+def test_training_is_reproducible_with_a_seed():
+    images, labels = separable_images(32, seed=0)
+    runs = [
+        train_classifier(
+            images, labels, architecture="lenet", architecture_args={}, input_spec=SPEC,
+            class_names=["a", "b"], output="sigmoid", epochs=1, batch_size=8, lr=1e-3, device="cpu", seed=5,
+            augment=Augmentation(),
+        )[0]
+        for _ in range(2)
+    ]
+    first, second = (run.state_dict() for run in runs)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_augmentation_keeps_range_and_shape():
+    images = torch.rand(4, 1, 16, 16)
+    out = Augmentation(horizontal_flip=True)(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert not torch.equal(out, images)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_class_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+    for index, (image, label) in enumerate(zip(images, labels.tolist())):
+        folder = root / classes[label] / ("nested" if index % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image[0].clamp(0, 1) * 255).round().byte().numpy()
+        (folder / f"{index:03d}.png").write_bytes(png_bytes(pixels))
+
+
+def test_load_image_folder_labels_by_first_level_folder_and_skips_non_images(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "dog" / "deep").mkdir(parents=True)
+    (tmp_path / "cat" / "a.png").write_bytes(png_bytes(np.full((32, 32), 255, np.uint8)))
+    (tmp_path / "dog" / "deep" / "b.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    # A DICOM file without suffix, as PACS exports name them: it is found by its bytes.
+    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm", download=False), tmp_path / "dog" / "1.2.3")
+
+    images, labels, paths = load_image_folder(tmp_path, SPEC, ["cat", "dog"])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["cat/a.png", "dog/1.2.3", "dog/deep/b.png"]
+    assert images.shape == (3, 1, 16, 16) and labels.tolist() == [0, 1, 1]
+    assert float(images[0].min()) == 1.0 and float(images[2].max()) == 0.0
+    assert load_image_folder(tmp_path, SPEC)[1] is None
+    assert load_image_folder(tmp_path, SPEC, ["cat", "bird"])[1] is None  # "dog" is not a class
+
+
+def test_a_broken_image_in_a_folder_is_named(tmp_path):
+    (tmp_path / "broken.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8))[:40])
+    with pytest.raises(InvalidImage) as caught:
+        load_image_folder(tmp_path, SPEC)
+    assert "broken.png" in caught.value.message
+
+
+def test_train_from_folder_writes_a_model_folder_that_loads(tmp_path):
+    images, labels = separable_images(40, seed=0)
+    write_class_folder(tmp_path / "data", images, labels, ["plain", "spot"])
+    manifest = train_from_folder(
+        tmp_path / "data", tmp_path / "model", model_id="tiny-folder", architecture_args=TINY,
+        size=16, epochs=8, lr=3e-2, batch_size=8, val_fraction=0.25, augment=None,
+    )
+    on_disk = ModelManifest.model_validate_json((tmp_path / "model" / MANIFEST_NAME).read_text())
+    assert on_disk == manifest and manifest.weights_sha256 == sha256_of(tmp_path / "model" / "weights.pt")
+    assert manifest.class_names == ["plain", "spot"] and manifest.output == "sigmoid"
+    assert manifest.target_layer == "features.block2"
+    assert manifest.evaluation["n_test"] == 10 and manifest.evaluation["accuracy"] >= 0.9
+    classifier = load_classifier(manifest, tmp_path / "model" / "weights.pt", "cpu")
+    assert classifier(images[:2]).shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------- shipped demo models
+
+
+@pytest.mark.skipif(not DATA_ROOT.is_dir(), reason="the developer data set (../shared/data) is not here")
+@pytest.mark.parametrize("name", sorted(demo.DEMOS))
+def test_shipped_demo_model_reaches_its_recorded_test_figures(name):
+    folder = demo.DEMO_DIR / name
+    manifest = ModelManifest.model_validate_json((folder / MANIFEST_NAME).read_text())
+    assert (folder / manifest.weights_file).stat().st_size < 5_000_000
+    classifier = load_classifier(manifest, folder / manifest.weights_file, "cpu")
+    test = demo.DEMOS[name].test_split(DATA_ROOT)
+    with torch.inference_mode():
+        predicted = torch.cat([classifier(batch).argmax(dim=1) for batch in test.images.split(256)])
+    accuracy = float((predicted == test.labels).float().mean())
+    assert len(test.labels) == manifest.evaluation["n_test"]
+    # Another thread count may round a borderline logit the other way: allow one image.
+    assert accuracy == pytest.approx(manifest.evaluation["accuracy"], abs=1.01 / len(test.labels))
