@@ -58,12 +58,12 @@ def work(settings, queues=("fast", "slow")) -> None:
     run_worker(settings, list(queues), burst=True)
 
 
-def submit(client, data: bytes, method: str = "saliency", **fields):
+def submit(client, data: bytes, method: str = "saliency", model_id: str = MODEL, **fields):
     files = {"file": ("upload.bin", data, "application/octet-stream")}
     if "annotation" in fields:
         files["annotation"] = ("mask", fields.pop("annotation"), "application/octet-stream")
     headers = fields.pop("headers", {})
-    return client.post("/v1/explanations", data={"model_id": MODEL, "method": method, **fields}, files=files,
+    return client.post("/v1/explanations", data={"model_id": model_id, "method": method, **fields}, files=files,
                        headers=headers)
 
 

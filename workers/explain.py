@@ -126,7 +126,9 @@ def run_method(
     Patch mode and quality metrics are per-image options: the worker only batches jobs without them.
     """
     manifest = loaded.manifest
-    explainer = _build_explainer(loaded.classifier, method, store, loaded)
+    if method not in loaded.explainers:
+        loaded.explainers[method] = _build_explainer(loaded.classifier, method, store, loaded)
+    explainer = loaded.explainers[method]
     spec = manifest.input
     if job.patch_mode and native is not None and (native.shape[0] > spec.height or native.shape[1] > spec.width):
         full = to_model_input(native, spec.model_copy(update={"height": native.shape[0], "width": native.shape[1]}))

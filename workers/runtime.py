@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from redis import Redis
@@ -32,6 +32,9 @@ class LoadedModel:
     manifest: ModelManifest
     classifier: Classifier
     load_ms: float
+    # Explainers built for this model, by method: artifact-backed ones (SyCE generators, GAD support
+    # models) load their weights once, not per job.
+    explainers: dict = field(default_factory=dict)
 
 
 class ModelCache:

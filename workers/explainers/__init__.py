@@ -5,6 +5,7 @@ API name, add its spec to ``xai/methods/<family>.py``, then add one import and o
 """
 
 from workers.explainers.base import Explainer
+from workers.explainers.cyce import CyCE
 from workers.explainers.deconvolution import Deconvolution
 from workers.explainers.deeplift import DeepLift
 from workers.explainers.feature_ablation import FeatureAblation
@@ -22,8 +23,10 @@ from workers.explainers.saliency import Saliency
 from workers.explainers.score_cam import ScoreCam
 from workers.explainers.shapley_value_sampling import ShapleyValueSampling
 from workers.explainers.smoothgrad import SmoothGrad
+from workers.explainers.syce import SyCE
 
 EXPLAINERS: dict[str, type[Explainer]] = {
+    "cyce": CyCE,
     "deconvolution": Deconvolution,
     "deeplift": DeepLift,
     "feature_ablation": FeatureAblation,
@@ -41,6 +44,7 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "score_cam": ScoreCam,
     "shapley_value_sampling": ShapleyValueSampling,
     "smoothgrad": SmoothGrad,
+    "syce": SyCE,
 }
 
 __all__ = ["EXPLAINERS", "Explainer"]

@@ -22,6 +22,8 @@ class Param:
     choices: tuple[str, ...] | None = None
 
     def validate(self, value: Any) -> Any:
+        if value is None and self.default is None:  # a null default means "decided elsewhere", e.g. a preset
+            return None
         if self.type == "bool":
             if not isinstance(value, bool):
                 raise InvalidInput(f"parameter {self.name!r} must be true or false", code="invalid_params")

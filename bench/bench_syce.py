@@ -1,0 +1,126 @@
+"""SyCE speed, measured side by side in one run:
+
+1. latency per image of SyCE against integrated gradients (50 steps, the catalogue's defaults) on the
+   same model and the same input, as a ratio;
+2. throughput of SyCE explaining n images as one batch (what the fast worker does with n queued
+   requests that share a model) against n one-image calls, for n = 1, 8 and 32, as a ratio.
+
+Explainers are built once before timing (the worker keeps them); the time to build one (reading the
+artifact) is printed too. Each figure is the median of ``--repeats`` runs after one warm-up run, the
+two sides of each ratio timed alternately so that a change in machine load affects both.
+
+Usage:
+    .venv/bin/python bench/bench_syce.py [--model busi-malignancy] [--device cpu] [--repeats 9] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from models.loader import load_classifier
+from models.manifest import ModelManifest
+from models.training import demo
+from workers.explainers.integrated_gradients import IntegratedGradients
+from workers.explainers.syce import SyCE
+from xai.methods import CATALOGUE
+from xai.methods.syce import SPECS
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO / "models" / "demo"
+TEST_IMAGES = {
+    "mnist-3v8": lambda spec: demo.mnist_3v8_splits(demo.DEFAULT_DATA_ROOT)[1].images,
+    "busi-malignancy": lambda spec: demo.busi_splits(demo.DEFAULT_DATA_ROOT, spec)[1].images,
+    "nih-cardiomegaly": lambda spec: demo.nih_splits(demo.DEFAULT_DATA_ROOT, "Cardiomegaly", spec)[1].images,
+}
+BATCHES = (1, 8, 32)
+
+
+def paired_median_seconds(
+    first: Callable[[], object], second: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[float, float]:
+    """Median seconds of two runs, timed alternately so that a change in machine load hits both."""
+    first(), second()  # warm-up: allocator, kernels, caches
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for run, bucket in zip((first, second), times):
+            _synchronize(device)
+            started = time.perf_counter()
+            run()
+            _synchronize(device)
+            bucket.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="busi-malignancy", choices=sorted(TEST_IMAGES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    folder = DEMO_DIR / args.model
+    manifest = ModelManifest.model_validate_json((folder / "manifest.json").read_text())
+    classifier = load_classifier(manifest, folder / manifest.weights_file, device)
+    images = TEST_IMAGES[args.model](manifest.input)[: max(BATCHES)].to(device)
+    with torch.no_grad():
+        targets = classifier(images).argmax(1).tolist()
+
+    started = time.perf_counter()
+    syce = SyCE(classifier, artifacts=folder / manifest.artifacts["syce"])
+    build_ms = (time.perf_counter() - started) * 1000
+    integrated = IntegratedGradients(classifier)
+    syce_params = SPECS[0].resolve_params({})
+    ig_params = CATALOGUE["integrated_gradients"].resolve_params({"n_steps": 50})
+
+    one = images[:1]
+    syce_s, ig_s = paired_median_seconds(
+        lambda: syce.explain(one, targets[:1], syce_params),
+        lambda: integrated.explain(one, targets[:1], ig_params),
+        args.repeats,
+        device,
+    )
+    report = {
+        "model": args.model,
+        "input": list(images.shape[1:]),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "syce_explainer_build_ms": round(build_ms, 1),
+        "latency_ms": {"syce": round(syce_s * 1000, 2), "integrated_gradients_50": round(ig_s * 1000, 2)},
+        "ig_over_syce": round(ig_s / syce_s, 1),
+        "batching": [],
+    }
+    for n in BATCHES:
+        batched, one_by_one = paired_median_seconds(
+            lambda n=n: syce.explain(images[:n], targets[:n], syce_params),
+            lambda n=n: [syce.explain(images[i : i + 1], targets[i : i + 1], syce_params) for i in range(n)],
+            args.repeats,
+            device,
+        )
+        report["batching"].append(
+            {
+                "requests": n,
+                "batched_images_per_s": round(n / batched, 1),
+                "one_by_one_images_per_s": round(n / one_by_one, 1),
+                "speedup": round(one_by_one / batched, 2),
+            }
+        )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

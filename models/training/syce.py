@@ -1,0 +1,687 @@
+"""Train the SyCE or CyCE generators of a classifier, and read back the artifact they produce.
+
+The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/cGANsExplainer``,
+``src/optimization/optimization_syce.py`` and ``optimization_cyce.py``):
+
+* Images are split by the classifier's own decision, not by ground truth: side 1 = predicted as
+  the target class, side 0 = predicted as anything else (one class against the rest for multi-class
+  models; for a binary model the target class is 1 and side 0 is class 0).
+* Generator ``G[s]`` maps images of side ``s`` to the other side; discriminator ``D[s]`` tells real
+  images of side ``s`` from images generated into it.
+* Per step, for a batch of each side (side 0 first), one Adam step of both generators on
+  adversarial classification ``BCE(other side, f(G[s](x)))``, the GAN term on ``D[1-s](G[s](x))``,
+  cycle reconstruction ``||x - G[1-s](G[s](x))||`` (MSE + MAE) and its classification as side ``s``;
+  SyCE adds symmetry reconstruction ``||x - G[s](G[s](x))||`` and its classification as side ``s``.
+  Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
+* Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
+
+Where we differ from the reference code, on purpose: the discriminators see the generated images
+of the generator step (detached) instead of generating them again after the update (CycleGAN
+practice, one generator pass fewer per step); the learning rate is constant (no plateau schedule);
+the generators add their output to their input (``UNetGenerator.residual_output``); every epoch
+ends with a checkpoint, so a restarted job resumes where it stopped, and the generators of the
+last epoch are the artifact (the reference keeps the epoch of lowest validation loss).
+
+Example:
+    >>> params = {"variant": "syce", "epochs": 20}
+    >>> summary = train(classifier, images, Path("runs/mnist"), params, progress, "cpu")
+    >>> pair = load_artifact(Path("runs/mnist/artifact"), "cpu")
+    >>> counterfactuals = pair.translate(images, pair.sides(classifier(images)))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.networks.discriminator import Discriminator, discriminator_widths_for_size
+from models.networks.unet import UNetGenerator, widths_for_size
+from xai.errors import InvalidInput, ServiceError
+from xai.methods.syce import resolve_preset, training_spec
+
+Progress = Callable[[float, str | None], None]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+ARTIFACT_DIR = "artifact"
+CONFIG_NAME = "config.json"
+GENERATOR_FILES = ("generator_0.pt", "generator_1.pt")
+FORMAT_VERSION = 1
+PREDICTION_BATCH = 256
+PROGRESS_INTERVAL_S = 1.0
+# A checkpoint made with different values of these cannot be continued: the networks or the data
+# split would differ. ``epochs`` may change (train longer by calling again with more epochs).
+RESUME_KEYS = (
+    "variant",
+    "target_class",
+    "batch_size",
+    "base_width",
+    "dropout",
+    "validation_fraction",
+    "seed",
+    "image_shape",
+)
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def side_logit(logits: torch.Tensor, target_class: int) -> torch.Tensor:
+    """Log-odds of ``target_class`` against all other classes: ``log p_t - log(1 - p_t)``.
+
+    For the two logits ``[-z/2, z/2]`` of a sigmoid model and ``target_class=1`` this is ``z``.
+    """
+    others = logits.masked_fill(
+        torch.arange(logits.shape[1], device=logits.device) == target_class, float("-inf")
+    )
+    return logits[:, target_class] - torch.logsumexp(others, dim=1)
+
+
+def decision_sides(logits: torch.Tensor, target_class: int) -> torch.Tensor:
+    """1 where the classifier decides ``target_class`` (its argmax), else 0, as a long tensor."""
+    return (logits.argmax(dim=1) == target_class).long()
+
+
+def resolve_target_class(num_classes: int, target_class: int | None) -> int:
+    """Class 1 for binary models by default; multi-class models must name the class to explain."""
+    if target_class is None:
+        if num_classes == 2:
+            return 1
+        raise InvalidInput(
+            f"the classifier has {num_classes} classes: name the class to explain against the rest "
+            "(target_class)",
+            code="target_class_required",
+        )
+    if not 0 <= target_class < num_classes:
+        raise InvalidInput(
+            f"target_class {target_class} is out of range; the classifier has classes 0..{num_classes - 1}",
+            code="invalid_target_class",
+        )
+    return target_class
+
+
+# ----------------------------------------------------------------------------- artifact
+
+
+@dataclass
+class GeneratorPair:
+    """The trained generators of one classifier, ready for inference (eval mode, on one device).
+
+    Attributes:
+        variant: "syce" or "cyce".
+        target_class: The class explained against the rest.
+        generators: ``generators[s]`` maps images the classifier puts on side ``s`` to the other side.
+        config: The artifact's ``config.json`` (architecture, input, training summary).
+    """
+
+    variant: str
+    target_class: int
+    generators: tuple[nn.Module, nn.Module]
+    config: dict[str, Any]
+
+    def sides(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decision side of each image given the classifier's logits."""
+        return decision_sides(logits, self.target_class)
+
+    def translate(self, images: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+        """``G[sides[i]](images[i])`` for every i, with one generator pass per side present.
+
+        The output has the generators' dtype (float16 under autocast without a residual output).
+        """
+        out = None
+        for side in (0, 1):
+            chosen = sides == side
+            if chosen.any():
+                generated = self.generators[side](images[chosen])
+                out = generated.new_empty(images.shape) if out is None else out
+                out[chosen] = generated
+        return images.clone() if out is None else out
+
+
+def load_artifact(folder: Path, device: torch.device | str) -> GeneratorPair:
+    """Read an artifact folder written by ``train`` onto ``device``, generators in eval mode.
+
+    Raises:
+        ServiceError: ``artifact_unreadable`` when the folder is missing, incomplete or corrupt.
+    """
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        generators = []
+        for file_name in GENERATOR_FILES:
+            generator = UNetGenerator(**config["architecture"]["args"])
+            state = torch.load(folder / file_name, map_location="cpu", weights_only=True)
+            generator.load_state_dict(state)
+            generators.append(generator.to(device).eval())
+        return GeneratorPair(config["variant"], int(config["target_class"]), tuple(generators), config)
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ServiceError(
+            f"the SyCE/CyCE artifact in {folder} cannot be read ({type(error).__name__}: {error}); "
+            "train it again",
+            code="artifact_unreadable",
+        ) from error
+
+
+def _write_artifact(
+    out_dir: Path, generators: list[UNetGenerator], plan: TrainingPlan, summary: dict
+) -> Path:
+    """Write generator weights and config.json into a fresh folder, then move it to out_dir/artifact."""
+    final = out_dir / ARTIFACT_DIR
+    staging = out_dir / f".{ARTIFACT_DIR}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for generator, file_name in zip(generators, GENERATOR_FILES):
+        torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, staging / file_name)
+    channels, height, width = plan.image_shape
+    explained = f"the classifier decides as class {plan.target_class}"
+    config = {
+        "format_version": FORMAT_VERSION,
+        "variant": plan.variant,
+        "explanation": "|G(G(x)) - G(x)|" if plan.variant == "syce" else "|x - G(x)|",
+        "target_class": plan.target_class,
+        "num_classes": plan.num_classes,
+        "generators": {
+            GENERATOR_FILES[0]: f"applied to images other than those {explained}",
+            GENERATOR_FILES[1]: f"applied to images {explained}",
+        },
+        "architecture": {"name": "unet", "args": generators[0].config},
+        "input": {"channels": channels, "height": height, "width": width},
+        "training": summary,
+    }
+    (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    return final
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class TrainingPlan:
+    """Validated parameters, with the preset's values filled in."""
+
+    variant: str
+    preset: str
+    weights: dict[str, float]
+    params: dict[str, Any]
+    target_class: int
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return self.params["batch_size"]
+
+    def resume_identity(self) -> dict[str, Any]:
+        values = {
+            **self.params,
+            "variant": self.variant,
+            "target_class": self.target_class,
+            "image_shape": list(self.image_shape),
+        }
+        return {key: values[key] for key in RESUME_KEYS}
+
+
+def make_plan(
+    params: dict[str, Any], image_shape: tuple[int, int, int], num_classes: int, target_class: int
+) -> TrainingPlan:
+    """Validate ``params`` against the variant's training spec and fill in the preset's values."""
+    variant = params.get("variant", "syce")
+    params = training_spec(variant).resolve_params(params)
+    preset, preset_values = resolve_preset(variant, params["preset"], image_shape[1], image_shape[2])
+    params = {name: preset_values[name] if value is None else value for name, value in params.items()}
+    weights = {name: value for name, value in params.items() if name.startswith("weight_")}
+    return TrainingPlan(variant, preset, weights, params, target_class, num_classes, image_shape)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    out_dir: Path,
+    params: dict[str, Any],
+    progress: Progress,
+    device: torch.device | str,
+    *,
+    target_class: int | None = None,
+) -> dict[str, Any]:
+    """Train the SyCE or CyCE generators of ``classifier`` and write ``out_dir/artifact``.
+
+    Calling again with the same ``out_dir`` resumes from its checkpoint (after a restart or a
+    cancellation); with more ``epochs`` it trains further; when the checkpoint is complete it only
+    rewrites the artifact.
+
+    Args:
+        classifier: Takes ``B x C x H x W`` images in [0, 1], returns ``B x K`` logits. Frozen while
+            training (eval mode, no parameter gradients) and left as found.
+        images: ``N x C x H x W`` training images in [0, 1] at the classifier's input size.
+        out_dir: Folder for ``checkpoint.pt`` and the final ``artifact/`` folder.
+        params: Training parameters (``xai.methods.syce.training_spec(variant)``); ``variant`` is
+            "syce" (default) or "cyce" (the same training without the symmetry terms); missing ones
+            take their defaults, ``None`` loss weights and batch size the preset's values.
+        progress: Called with (fraction, note) during training; may raise ``JobCancelled``, which
+            propagates after a checkpoint is written.
+        device: Where to train.
+        target_class: The class explained against the rest (default 1 for binary classifiers).
+
+    Returns:
+        A JSON-safe summary: variant, preset, weights, epochs, steps, sizes of each side, final losses,
+        validation flip rate per epoch, seconds, and the artifact path.
+
+    Raises:
+        InvalidInput: ``invalid_params``, ``target_class_required``, ``invalid_target_class``,
+            ``invalid_training_images``, ``single_decision_side`` (the classifier decides all images
+            the same way), ``checkpoint_mismatch`` (``out_dir`` holds a run with other settings).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    _check_images(images)
+    with frozen(classifier):
+        logits = predict_logits(classifier, images, device)
+        target = resolve_target_class(logits.shape[1], target_class)
+        plan = make_plan(params, tuple(images.shape[1:]), logits.shape[1], target)
+        sides = decision_sides(logits, target)
+        run = TrainingRun(classifier, images, sides, plan, out_dir, device)
+        return run.fit(progress)
+
+
+@contextmanager
+def frozen(classifier: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients while training against it; restores both after."""
+    modes = {module: module.training for module in classifier.modules()}
+    flags = {param: param.requires_grad for param in classifier.parameters()}
+    classifier.eval()
+    classifier.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+
+
+def predict_logits(classifier: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Classifier logits for all images, in batches, on the CPU."""
+    with torch.inference_mode():
+        return torch.cat(
+            [classifier(chunk.to(device)).float().cpu() for chunk in images.split(PREDICTION_BATCH)]
+        )
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[0] < 2:
+        raise InvalidInput(
+            f"training needs N x C x H x W images with N >= 2, got shape {tuple(images.shape)}",
+            code="invalid_training_images",
+        )
+    if images.min() < 0 or images.max() > 1:
+        raise InvalidInput("training images must have values in [0, 1]", code="invalid_training_images")
+
+
+class TrainingRun:
+    """The networks, optimisers and data of one training run, and its checkpoint."""
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        images: torch.Tensor,
+        sides: torch.Tensor,
+        plan: TrainingPlan,
+        out_dir: Path,
+        device: torch.device,
+    ):
+        self.classifier, self.images, self.plan = classifier, images, plan
+        self.out_dir, self.device = out_dir, device
+        self.validation, pools = split_by_side(sides, plan.params["validation_fraction"], plan.params["seed"])
+        self.sides = sides
+        self.pools = pools
+        if min(len(pool) for pool in pools) == 0:
+            counts = [int((sides == s).sum()) for s in (0, 1)]
+            raise InvalidInput(
+                f"the classifier decides {counts[1]} of {len(sides)} images as class {plan.target_class} and "
+                f"{counts[0]} otherwise; training needs images on both sides of its decision (after "
+                "holding out the validation fraction): add images of the missing side",
+                code="single_decision_side",
+            )
+        torch.manual_seed(plan.params["seed"])
+        channels, height, width = plan.image_shape
+        widths = widths_for_size(height, width, plan.params["base_width"])
+        self.generators = [
+            UNetGenerator(channels, widths, dropout=plan.params["dropout"]).to(device) for _ in range(2)
+        ]
+        self.discriminators = [
+            Discriminator(channels, height, width, discriminator_widths_for_size(height, width)).to(device)
+            for _ in range(2)
+        ]
+        self.optimizer_g = torch.optim.Adam(
+            [p for g in self.generators for p in g.parameters()], lr=plan.params["lr_generator"]
+        )
+        self.optimizer_d = torch.optim.Adam(
+            [p for d in self.discriminators for p in d.parameters()], lr=plan.params["lr_discriminator"]
+        )
+        self.steps_per_epoch = math.ceil(max(len(pool) for pool in pools) / plan.batch_size)
+        self.epoch, self.step, self.history, self.seconds = 0, 0, [], 0.0
+        # Moving average of each loss term over recent steps (what progress notes and history show).
+        self.running: dict[str, float] = {}
+
+    # --------------------------------------------------------------- loop
+
+    def fit(self, progress: Progress) -> dict[str, Any]:
+        self._resume()
+        epochs = self.plan.params["epochs"]
+        total = epochs * self.steps_per_epoch
+        last_report = -math.inf
+        started = time.perf_counter() - self.seconds
+        while self.epoch < epochs:
+            batches = self._epoch_batches(self.epoch)
+            while self.step < self.steps_per_epoch:
+                losses = self._train_step(
+                    batches[0][self.step], batches[1][self.step], self._step_generator()
+                )
+                self.running = {k: 0.9 * self.running.get(k, v) + 0.1 * v for k, v in losses.items()}
+                self.step += 1
+                if time.perf_counter() - last_report >= PROGRESS_INTERVAL_S:
+                    last_report = time.perf_counter()
+                    self.seconds = time.perf_counter() - started
+                    done = self.epoch * self.steps_per_epoch + self.step
+                    self._report(
+                        progress,
+                        done / total,
+                        f"epoch {self.epoch + 1}/{epochs} step "
+                        f"{self.step}/{self.steps_per_epoch} | {_format(self.running)}",
+                    )
+            self.epoch, self.step = self.epoch + 1, 0
+            self.seconds = time.perf_counter() - started
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "losses": {k: round(v, 5) for k, v in self.running.items()},
+                    **self._validate(),
+                }
+            )
+            self._save_checkpoint()
+            record = self.history[-1]
+            self._report(
+                progress,
+                self.epoch / epochs,
+                f"epoch {self.epoch}/{epochs} done | {_format(self.running)} | "
+                f"validation flip rate {record['validation_flip_rate']}",
+            )
+        summary = self._summary()
+        summary["artifact"] = str(_write_artifact(self.out_dir, self.generators, self.plan, summary))
+        return summary
+
+    def _report(self, progress: Progress, fraction: float, note: str) -> None:
+        """Call progress; on cancellation keep the work done so far in the checkpoint, then stop."""
+        try:
+            progress(min(fraction, 1.0), note)
+        except BaseException:
+            self._save_checkpoint()
+            raise
+
+    def _epoch_batches(self, epoch: int) -> list[list[torch.Tensor]]:
+        """Per side, ``steps_per_epoch`` batches of image indices; the smaller side is cycled."""
+        generator = torch.Generator().manual_seed(self.plan.params["seed"] * 100_003 + epoch)
+        needed = self.steps_per_epoch * self.plan.batch_size
+        per_side = []
+        for pool in self.pools:
+            repeats = math.ceil(needed / len(pool))
+            order = torch.cat([pool[torch.randperm(len(pool), generator=generator)] for _ in range(repeats)])
+            per_side.append(list(order[:needed].split(self.plan.batch_size)))
+        return per_side
+
+    def _step_generator(self) -> torch.Generator:
+        """Randomness of one step (augmentation, penalty interpolation), reproducible after a resume."""
+        seed = (self.plan.params["seed"] * 100_003 + self.epoch) * 1_000_003 + self.step
+        return torch.Generator().manual_seed(seed)
+
+    # --------------------------------------------------------------- one step
+
+    def _train_step(
+        self, indices_0: torch.Tensor, indices_1: torch.Tensor, rng: torch.Generator
+    ) -> dict[str, float]:
+        batches = [self._batch(indices, rng) for indices in (indices_0, indices_1)]
+        for network in (*self.generators, *self.discriminators):
+            network.train()
+        losses: dict[str, float] = {}
+        generated_into = [None, None]
+        for side in (0, 1):
+            self.optimizer_g.zero_grad(set_to_none=True)
+            total, terms, adversarial = self._generator_loss(batches[side], side)
+            total.backward()
+            self.optimizer_g.step()
+            generated_into[1 - side] = adversarial
+            for name, value in terms.items():
+                losses[name] = losses.get(name, 0.0) + value / 2
+        for _ in range(self.plan.params["discriminator_steps"]):
+            self.optimizer_d.zero_grad(set_to_none=True)
+            d_total, d_terms = self._discriminator_loss(batches, generated_into, rng)
+            d_total.backward()
+            self.optimizer_d.step()
+        return losses | d_terms
+
+    def _batch(self, indices: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        batch = self.images[indices].to(self.device, torch.float32)
+        return augment(batch, rng) if self.plan.params["augment"] else batch
+
+    def _generator_loss(
+        self, source: torch.Tensor, side: int
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """The generator objective for a batch of side ``side`` (paper eq. 9-14)."""
+        w = self.plan.weights
+        forward, backward = self.generators[side], self.generators[1 - side]
+        adversarial = forward(source)
+        cycled = backward(adversarial)
+        generated = [adversarial, cycled]
+        if self.plan.variant == "syce":
+            generated.append(forward(adversarial))
+        # One classifier pass for all generated images (it is in eval mode: no batch coupling).
+        log_odds = side_logit(self.classifier(torch.cat(generated)), self.plan.target_class).split(
+            len(source)
+        )
+        own = torch.full((len(source),), float(side), device=self.device)
+        terms = {
+            "adversarial": w["weight_adversarial"] * F.binary_cross_entropy_with_logits(log_odds[0], 1 - own),
+            "gan": w["weight_gan"]
+            * F.binary_cross_entropy_with_logits(
+                self.discriminators[1 - side](adversarial), torch.ones_like(own)
+            ),
+            "cycle": w["weight_cycle"] * mse_mae(cycled, source),
+            "cycle_class": w["weight_cycle_class"] * F.binary_cross_entropy_with_logits(log_odds[1], own),
+        }
+        if self.plan.variant == "syce":
+            terms["symmetry"] = w["weight_symmetry"] * mse_mae(generated[2], source)
+            terms["symmetry_class"] = w["weight_symmetry_class"] * F.binary_cross_entropy_with_logits(
+                log_odds[2], own
+            )
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}, adversarial.detach()
+
+    def _discriminator_loss(
+        self, real: list[torch.Tensor], fake: list[torch.Tensor], rng: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``D[s]``: real images of side s vs images generated into side s, plus the gradient penalty."""
+        w = self.plan.weights
+        gan, penalty = 0.0, 0.0
+        for side in (0, 1):
+            critic = self.discriminators[side]
+            real_logits, fake_logits = critic(real[side]), critic(fake[side])
+            gan = gan + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            gan = gan + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            penalty = penalty + gradient_penalty(critic, real[side], fake[side], rng)
+        total = w["weight_discriminator"] * gan + w["weight_gradient_penalty"] * penalty
+        return total, {
+            "discriminator": float(gan.detach()) / 2,
+            "gradient_penalty": float(penalty.detach()) / 2,
+        }
+
+    # --------------------------------------------------------------- evaluation and summary
+
+    def _validate(self) -> dict[str, Any]:
+        """Flip rate of the adversarial images on the held-out images (all images when none held out)."""
+        indices = self.validation if len(self.validation) else torch.arange(len(self.images))
+        pair = GeneratorPair(self.plan.variant, self.plan.target_class, tuple(self.generators), {})
+        for generator in self.generators:
+            generator.eval()
+        figures = evaluate_pair(self.classifier, pair, self.images[indices], self.device)
+        return {f"validation_{name}": value for name, value in figures.items()}
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "variant": self.plan.variant,
+            "preset": self.plan.preset,
+            "target_class": self.plan.target_class,
+            "params": self.plan.params,
+            "epochs": self.epoch,
+            "steps": self.epoch * self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "training_images_by_side": [len(pool) for pool in self.pools],
+            "validation_images": len(self.validation),
+            "seconds": round(self.seconds, 1),
+            "device": str(self.device),
+            "final": self.history[-1] if self.history else None,
+            "history": self.history,
+        }
+
+    # --------------------------------------------------------------- checkpoint
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "format_version": FORMAT_VERSION,
+            "identity": self.plan.resume_identity(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "history": json.dumps(self.history),
+            "running": json.dumps(self.running),
+            "generators": [g.state_dict() for g in self.generators],
+            "discriminators": [d.state_dict() for d in self.discriminators],
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = self.out_dir / CHECKPOINT_NAME
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+
+    def _resume(self) -> None:
+        path = self.out_dir / CHECKPOINT_NAME
+        if not path.exists():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved, wanted = state["identity"], self.plan.resume_identity()
+        differing = sorted(key for key in RESUME_KEYS if saved.get(key) != wanted[key])
+        if differing:
+            raise InvalidInput(
+                f"{self.out_dir} holds a training run with other {', '.join(differing)} "
+                f"({', '.join(f'{k}={saved.get(k)}' for k in differing)}); "
+                "use a new output folder or the same settings",
+                code="checkpoint_mismatch",
+            )
+        for network, weights in zip(
+            (*self.generators, *self.discriminators), (*state["generators"], *state["discriminators"])
+        ):
+            network.load_state_dict(weights)
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+        self.history = json.loads(state["history"])
+        self.running = json.loads(state["running"])
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def evaluate_pair(
+    classifier: nn.Module, pair: GeneratorPair, images: torch.Tensor, device: torch.device | str
+) -> dict[str, Any]:
+    """How well generators do what they are trained for, on ``images`` (N x C x H x W in [0, 1]).
+
+    Returns:
+        ``flip_rate``: share of adversarial images the classifier decides on the other side than the
+        input (the paper's Table 1(a) reports 1 - this); ``flip_rate_by_side``: the same for inputs
+        outside / inside the explained class; ``stable_keeps_side``: share of stable images G(G(x))
+        decided like the input (SyCE only, else None); ``mean_abs_change``: mean |G(x) - x|;
+        ``images``: N.
+    """
+    flipped, kept, change, sides_all = [], [], [], []
+    with torch.inference_mode():
+        for chunk in images.split(PREDICTION_BATCH):
+            chunk = chunk.to(device, torch.float32)
+            sides = pair.sides(classifier(chunk))
+            adversarial = pair.translate(chunk, sides)
+            flipped.append((pair.sides(classifier(adversarial)) != sides).cpu())
+            if pair.variant == "syce":
+                kept.append((pair.sides(classifier(pair.translate(adversarial, sides))) == sides).cpu())
+            change.append((adversarial - chunk).abs().flatten(1).mean(1).cpu())
+            sides_all.append(sides.cpu())
+    flipped_all, sides = torch.cat(flipped).float(), torch.cat(sides_all)
+    return {
+        "flip_rate": round(float(flipped_all.mean()), 4),
+        "flip_rate_by_side": [
+            round(float(flipped_all[sides == s].mean()), 4) if (sides == s).any() else None for s in (0, 1)
+        ],
+        "stable_keeps_side": round(float(torch.cat(kept).float().mean()), 4) if kept else None,
+        "mean_abs_change": round(float(torch.cat(change).mean()), 5),
+        "images": len(images),
+    }
+
+
+def split_by_side(
+    sides: torch.Tensor, validation_fraction: float, seed: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Hold out a seeded ``validation_fraction`` of the images; the rest, as index pools per side."""
+    order = torch.randperm(len(sides), generator=torch.Generator().manual_seed(seed))
+    held_out = round(validation_fraction * len(sides))
+    validation, training = order[:held_out].sort().values, order[held_out:].sort().values
+    return validation, (training[sides[training] == 0], training[sides[training] == 1])
+
+
+def mse_mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared plus mean absolute error, the reference code's reconstruction loss."""
+    return F.mse_loss(output, target) + F.l1_loss(output, target)
+
+
+def gradient_penalty(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator
+) -> torch.Tensor:
+    """``mean (||grad critic(real + e (fake - real))||_2 - 1)^2`` with e ~ U(0, 1) per image (WGAN-GP)."""
+    eps = torch.rand(len(real), 1, 1, 1, generator=rng).to(real.device)
+    mixed = (real + eps * (fake - real)).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def augment(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Random rotation within 5 degrees and zoom-in by 1/[0.8, 1], the reference code's settings."""
+    count = len(batch)
+    angle = (torch.rand(count, generator=rng) * 2 - 1) * math.radians(5)
+    zoom = 0.8 + 0.2 * torch.rand(count, generator=rng)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, torch.zeros(count)], 1), torch.stack([sin, cos, torch.zeros(count)], 1)], 1
+    ).to(batch.device, batch.dtype)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
+
+
+def _format(losses: dict[str, float]) -> str:
+    return " ".join(f"{name} {value:.4f}" for name, value in losses.items())

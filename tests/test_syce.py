@@ -1,0 +1,356 @@
+"""SyCE and CyCE: the networks, training (losses, resume, errors) and the explainers' known answers.
+
+A tiny separable problem stands in for a classifier: 16 x 16 grey images whose left or right half is
+bright, and a hand-set model whose logit is 10 x (mean of the left half - mean of the right half),
+presented as two logits as ``models.loader.Classifier`` presents a sigmoid model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models.networks.discriminator import Discriminator
+from models.networks.unet import UNetGenerator, widths_for_size
+from models.training.syce import (
+    CHECKPOINT_NAME,
+    GENERATOR_FILES,
+    GeneratorPair,
+    gradient_penalty,
+    load_artifact,
+    side_logit,
+    train,
+)
+from workers.explainers.cyce import CyCE
+from workers.explainers.syce import SyCE
+from workers.precision import explain_autocast_or_float32
+from xai.errors import Conflict, InvalidInput, JobCancelled, ServiceError
+from xai.methods.syce import PRESETS, SPECS, training_spec
+
+SIZE = 16
+# Fast settings for the tiny problem: small networks, a high learning rate, no held-out images, and a
+# larger adversarial weight (each pixel moves this linear classifier's logit little, so the digits
+# preset's reconstruction terms would keep the generators at the identity for many more steps).
+FAST = {
+    "batch_size": 8,
+    "base_width": 4,
+    "lr_generator": 1e-2,
+    "lr_discriminator": 1e-3,
+    "validation_fraction": 0.0,
+    "epochs": 4,
+    "weight_adversarial": 5.0,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread; on a shared CPU, more threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class HalvesClassifier(nn.Module):
+    """Logit z = 10 (mean(left half) - mean(right half)), shown as the two logits [-z/2, z/2]."""
+
+    def __init__(self):
+        super().__init__()
+        weight = torch.zeros(1, 1, SIZE, SIZE)
+        weight[..., : SIZE // 2] = 10 / (SIZE * SIZE // 2)
+        weight[..., SIZE // 2 :] = -10 / (SIZE * SIZE // 2)
+        self.linear = nn.Linear(SIZE * SIZE, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight.flatten()[None])
+            self.linear.bias.zero_()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        half = self.linear(images.flatten(1)) / 2
+        return torch.cat([-half, half], dim=1)
+
+
+def halves_images(count: int, seed: int = 0) -> torch.Tensor:
+    """Half of them bright on the left (class 1), half on the right (class 0), with noise."""
+    generator = torch.Generator().manual_seed(seed)
+    images = 0.2 * torch.rand(count, 1, SIZE, SIZE, generator=generator)
+    images[: count // 2, ..., : SIZE // 2] += 0.6
+    images[count // 2 :, ..., SIZE // 2 :] += 0.6
+    return images
+
+
+class AddPatch(nn.Module):
+    """A hand-set generator: adds ``value`` inside a square, clipped to [0, 1]."""
+
+    def __init__(self, rows: slice, cols: slice, value: float):
+        super().__init__()
+        self.patch = torch.zeros(1, 1, SIZE, SIZE)
+        self.patch[..., rows, cols] = value
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + self.patch.to(images.device)).clamp(0, 1)
+
+
+def no_progress(fraction: float, note: str | None = None) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One short SyCE and one short CyCE run on the halves problem, shared by the tests below."""
+    torch.manual_seed(0)
+    images, classifier = halves_images(64), HalvesClassifier()
+    folders = {}
+    for variant in ("syce", "cyce"):
+        out = tmp_path_factory.mktemp(variant)
+        summary = train(classifier, images, out, {**FAST, "variant": variant}, no_progress, "cpu")
+        folders[variant] = out
+        folders[variant + "_summary"] = summary
+    return folders
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def test_generator_starts_as_the_identity_and_keeps_odd_sizes():
+    generator = UNetGenerator(channels=1, widths=widths_for_size(28, 28, 8)).eval()
+    images = torch.rand(3, 1, 28, 28)
+    assert torch.equal(generator(images), images)
+    deep = UNetGenerator(channels=3, widths=[4, 8, 8, 8], residual_output=False)
+    assert deep(torch.rand(2, 3, 27, 33)).shape == (2, 3, 27, 33)
+
+
+def test_shipped_architectures_stay_small():
+    """The demo generators must ship in the repository: under 5 MB of float32 weights each."""
+    for size in (28, 128):
+        generator = UNetGenerator(1, widths_for_size(size, size))
+        assert sum(p.numel() for p in generator.parameters()) * 4 < 5e6
+    assert Discriminator(1, 28, 28, widths=[32, 64])(torch.rand(5, 1, 28, 28)).shape == (5,)
+
+
+def test_gradient_penalty_of_a_linear_critic_is_known():
+    """For D(x) = w . x the gradient is w everywhere: penalty (|w| - 1)^2."""
+    for norm, expected in ((1.0, 0.0), (2.0, 1.0), (3.0, 4.0)):
+        critic = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False))
+        with torch.no_grad():
+            critic[1].weight.copy_(torch.tensor([[norm, 0.0, 0.0, 0.0]]))
+        real, fake = torch.rand(6, 1, 2, 2), torch.rand(6, 1, 2, 2)
+        penalty = gradient_penalty(critic, real, fake, torch.Generator().manual_seed(0))
+        assert float(penalty.detach()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_side_logit_is_the_log_odds_of_the_target_against_the_rest():
+    z = torch.tensor([[-1.5, 1.5], [2.0, -2.0]])
+    assert torch.allclose(side_logit(z, 1), torch.tensor([3.0, -4.0]))
+    logits = torch.tensor([[0.3, -1.2, 2.0]])
+    p = logits.softmax(1)[0, 2]
+    assert float(side_logit(logits, 2)) == pytest.approx(float(torch.log(p / (1 - p))), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_training_params_take_the_paper_tables():
+    syce = training_spec("syce").resolve_params({})
+    assert syce["variant"] == "syce" and syce["lr_generator"] == 1e-4 and syce["lr_discriminator"] == 2e-4
+    assert PRESETS["syce"]["digits"]["weight_symmetry"] == 10.0
+    assert PRESETS["syce"]["digits"]["weight_adversarial"] == 0.2
+    cyce = training_spec("cyce").resolve_params({})
+    assert "weight_symmetry" not in cyce and cyce["variant"] == "cyce"
+    with pytest.raises(InvalidInput) as error:
+        training_spec("cyce").resolve_params({"weight_symmetry": 1.0})
+    assert error.value.code == "invalid_params"
+    assert {spec.name: (spec.queue, spec.needs_artifacts) for spec in SPECS} == {
+        "syce": ("fast", True),
+        "cyce": ("fast", True),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("variant", ["syce", "cyce"])
+def test_training_moves_adversarial_images_to_the_other_side(trained, variant):
+    summary = trained[variant + "_summary"]
+    history = summary["history"]
+    assert history[-1]["losses"]["adversarial"] < history[0]["losses"]["adversarial"]
+    assert ("symmetry" in history[0]["losses"]) == (variant == "syce")
+    pair = load_artifact(trained[variant] / "artifact", "cpu")
+    classifier, images = HalvesClassifier(), halves_images(32, seed=1)
+    with torch.inference_mode():
+        logits = classifier(images)
+        sides = pair.sides(logits)
+        moved = side_logit(classifier(pair.translate(images, sides)), 1) - side_logit(logits, 1)
+    # Generators start as the identity (moved == 0): after training, side 1 images move down, side 0 up.
+    assert float(moved[sides == 1].mean()) < -1.0
+    assert float(moved[sides == 0].mean()) > 1.0
+    config = json.loads((trained[variant] / "artifact" / "config.json").read_text())
+    assert config["variant"] == variant and config["target_class"] == 1
+    assert config["training"]["epochs"] == FAST["epochs"] and config["training"]["preset"] == "digits"
+
+
+def test_resume_after_cancellation_continues_from_the_saved_step(tmp_path):
+    images, classifier = halves_images(64), HalvesClassifier()
+    params = {**FAST, "epochs": 2}
+    straight_summary = train(classifier, images, tmp_path / "straight", params, no_progress, "cpu")
+
+    def cancel_at_first_report(fraction, note=None):
+        raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        train(classifier, images, tmp_path / "resumed", params, cancel_at_first_report, "cpu")
+    checkpoint = torch.load(tmp_path / "resumed" / CHECKPOINT_NAME, weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (0, 1)
+    summary = train(classifier, images, tmp_path / "resumed", params, no_progress, "cpu")
+    assert summary["epochs"] == 2 and summary["history"] == straight_summary["history"]
+    for file_name in GENERATOR_FILES:
+        straight = torch.load(tmp_path / "straight" / "artifact" / file_name, weights_only=True)
+        resumed = torch.load(tmp_path / "resumed" / "artifact" / file_name, weights_only=True)
+        for key in straight:
+            assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
+
+
+def test_a_checkpoint_of_other_settings_is_refused(trained):
+    with pytest.raises(InvalidInput) as error:
+        train(
+            HalvesClassifier(),
+            halves_images(64),
+            trained["syce"],
+            {**FAST, "variant": "cyce"},
+            no_progress,
+            "cpu",
+        )
+    assert error.value.code == "checkpoint_mismatch"
+
+
+def test_training_leaves_the_classifier_as_found_and_refuses_bad_splits(tmp_path):
+    classifier = HalvesClassifier().train()
+    classifier.linear.bias.requires_grad_(False)
+    train(classifier, halves_images(32), tmp_path / "ok", {**FAST, "epochs": 1}, no_progress, "cpu")
+    assert classifier.training and classifier.linear.weight.requires_grad
+    assert not classifier.linear.bias.requires_grad
+
+    one_sided = halves_images(32)[:16]  # all bright on the left: all decided as class 1
+    with pytest.raises(InvalidInput) as error:
+        train(classifier, one_sided, tmp_path / "bad", FAST, no_progress, "cpu")
+    assert error.value.code == "single_decision_side"
+
+    three_classes = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 3))
+    with pytest.raises(InvalidInput) as error:
+        train(three_classes, halves_images(32), tmp_path / "multi", FAST, no_progress, "cpu")
+    assert error.value.code == "target_class_required"
+
+
+def test_multi_class_models_train_one_class_against_the_rest(tmp_path):
+    three_classes = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 3))
+    with torch.no_grad():
+        three_classes[1].weight.zero_()
+        three_classes[1].bias.zero_()
+        # class 2 wins for left-bright images, class 0 for right-bright ones, class 1 never
+        three_classes[1].weight[2].copy_(HalvesClassifier().linear.weight[0])
+    summary = train(
+        three_classes, halves_images(32), tmp_path, {**FAST, "epochs": 1}, no_progress, "cpu", target_class=2
+    )
+    assert summary["target_class"] == 2 and summary["training_images_by_side"] == [16, 16]
+
+
+# ----------------------------------------------------------------------------- explainers
+
+
+def hand_set_explainer(cls, trained, generators) -> SyCE | CyCE:
+    explainer = cls(HalvesClassifier(), artifacts=trained[cls.variant] / "artifact")
+    explainer.pair = GeneratorPair(cls.variant, 1, generators, explainer.pair.config)
+    return explainer
+
+
+def test_identity_generators_explain_nothing(trained):
+    images = halves_images(8)
+    for cls in (SyCE, CyCE):
+        explainer = hand_set_explainer(cls, trained, (nn.Identity(), nn.Identity()))
+        result = explainer.explain(images, [1] * 8, {"return_images": True})
+        assert torch.count_nonzero(result.heatmaps) == 0
+        assert not any(detail["flipped"] for detail in result.details)
+
+
+def test_known_patches_are_the_heatmaps(trained):
+    """G[0] adds 0.3 top-left, G[1] adds 0.3 bottom-right; pixels stay below 1 after two passes
+    only where the image is dark, so the test images are dark (0.2 noise) and the patch lands whole."""
+    patch_0, patch_1 = AddPatch(slice(0, 4), slice(0, 4), 0.3), AddPatch(slice(10, 14), slice(10, 14), 0.3)
+    images = halves_images(8) * 0.5  # below 0.4 everywhere: x + 0.6 < 1
+    with torch.no_grad():
+        sides = HalvesClassifier()(images).argmax(1)
+    for cls in (SyCE, CyCE):
+        result = hand_set_explainer(cls, trained, (patch_0, patch_1)).explain(images, [1] * 8, {})
+        for heatmap, side in zip(result.heatmaps, sides):
+            expected = (patch_1 if side == 1 else patch_0).patch[0, 0]
+            assert torch.allclose(heatmap, expected, atol=1e-6)
+    stable = (
+        hand_set_explainer(SyCE, trained, (patch_0, patch_1)).explain(images, [1] * 8, {}).images["stable"]
+    )
+    assert torch.allclose(stable[sides == 0], images[sides == 0] + 2 * patch_0.patch, atol=1e-6)
+
+
+def test_details_report_scores_and_flips(trained):
+    images = halves_images(8)
+    result = SyCE(HalvesClassifier(), artifacts=trained["syce"] / "artifact").explain(images, [1] * 8, {})
+    with torch.no_grad():
+        probability = HalvesClassifier()(images).softmax(1)[:, 1]
+        adversarial_sides = HalvesClassifier()(result.images["adversarial"]).argmax(1)
+        input_sides = HalvesClassifier()(images).argmax(1)
+    for detail, p in zip(result.details, probability):
+        assert detail["score_input"] == pytest.approx(float(p), abs=1e-5)
+        assert set(detail) >= {"score_adversarial", "score_stable", "flipped", "mean_abs_difference"}
+    assert [d["flipped"] for d in result.details] == (adversarial_sides != input_sides).tolist()
+    assert any(d["flipped"] for d in result.details)
+    assert set(result.images) == {"adversarial", "stable"}
+    cyce = CyCE(HalvesClassifier(), artifacts=trained["cyce"] / "artifact").explain(
+        images, [0] * 8, {"return_images": False}
+    )
+    assert cyce.images == {} and "score_counterfactual" in cyce.details[0]
+
+
+@pytest.mark.parametrize("cls", [SyCE, CyCE])
+def test_batched_equals_one_by_one_and_model_is_left_as_found(trained, cls):
+    classifier = HalvesClassifier().train()
+    explainer = cls(classifier, artifacts=trained[cls.variant] / "artifact")
+    images = halves_images(6)
+    original = images.clone()
+    batched = explainer.explain(images, [1] * 6, {})
+    for index in range(6):
+        single = explainer.explain(images[index : index + 1], [1], {})
+        assert torch.allclose(single.heatmaps[0], batched.heatmaps[index], atol=1e-5)
+        assert single.details[0]["flipped"] == batched.details[index]["flipped"]
+    assert torch.equal(images, original)
+    assert classifier.training and all(p.requires_grad and p.grad is None for p in classifier.parameters())
+
+
+def test_autocast_gives_the_float32_heatmaps(trained):
+    """The worker runs SyCE under autocast on CUDA; bfloat16 on the CPU exercises the same path."""
+    explainer = SyCE(HalvesClassifier(), artifacts=trained["syce"] / "artifact")
+    images = halves_images(6)
+    exact = explainer.explain(images, [1] * 6, {}).heatmaps
+    mixed, precision = explain_autocast_or_float32(
+        explainer, images, [1] * 6, {}, no_progress, device_type="cpu", dtype=torch.bfloat16
+    )
+    assert precision == "bfloat16"
+    assert float((mixed.heatmaps - exact).abs().max()) <= 0.05 * float(exact.max()) + 1e-3
+
+
+def test_missing_or_wrong_artifacts_are_clear_errors(trained, tmp_path):
+    with pytest.raises(Conflict) as missing:
+        SyCE(HalvesClassifier(), artifacts=None)
+    assert missing.value.code == "artifact_missing"
+    with pytest.raises(ServiceError) as mismatch:
+        SyCE(HalvesClassifier(), artifacts=trained["cyce"] / "artifact")
+    assert mismatch.value.code == "artifact_mismatch"
+    with pytest.raises(ServiceError) as unreadable:
+        CyCE(HalvesClassifier(), artifacts=tmp_path)
+    assert unreadable.value.code == "artifact_unreadable"
+    with pytest.raises(InvalidInput) as size:
+        CyCE(HalvesClassifier(), artifacts=trained["cyce"] / "artifact").explain(
+            torch.rand(1, 1, 8, 8), [1], {}
+        )
+    assert size.value.code == "artifact_input_mismatch"

@@ -1,0 +1,73 @@
+"""Training explainer artifacts through the API on the train queue, then explaining with them."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from models.manifest import ModelManifest
+from models.store import ModelStore
+from service.main import create_app
+from tests.conftest import DEMO_DIR
+from tests.test_api import MODEL, mnist_digit, png, submit, work
+
+
+@pytest.fixture
+def client(settings):
+    store = ModelStore(settings.model_store_dir)
+    store.register_directory(DEMO_DIR / MODEL)
+    bare = ModelManifest.model_validate_json((DEMO_DIR / MODEL / "manifest.json").read_text())
+    store.register(bare.model_copy(update={"id": "digits-untrained", "artifacts": {}}),
+                   DEMO_DIR / MODEL / bare.weights_file)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_syce_explanation_returns_counterfactuals(client, settings):
+    job_id = submit(client, png(mnist_digit(3, 7)), method="syce").json()["job_id"]
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "finished", job
+    details = job["result"]["metrics"]["syce"]
+    assert details["flipped"] is True and details["score_adversarial"] < 0.5 < details["score_input"]
+    assert {"adversarial.png", "stable.png", "heatmap.npy"} <= set(job["result"]["files"])
+    adversarial = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job_id}/adversarial.png").content))
+    assert adversarial.size == (28, 28)
+
+
+def test_train_cyce_over_the_api_then_explain(client, settings):
+    folder = settings.training_root / "digits"
+    for label in (3, 8):
+        (folder / str(label)).mkdir(parents=True)
+        for index in range(16):
+            Image.fromarray(mnist_digit(label, index)).save(folder / str(label) / f"{index}.png")
+    unavailable = submit(client, png(mnist_digit(3)), method="cyce", model_id="digits-untrained")
+    assert unavailable.status_code == 409 and unavailable.json()["error"]["code"] == "method_unavailable"
+    params = {"epochs": 1, "batch_size": 8, "base_width": 4, "validation_fraction": 0.0}
+    accepted = client.post("/v1/models/digits-untrained/train/cyce", json={"data": "digits", "params": params})
+    assert accepted.status_code == 202, accepted.text
+    work(settings, queues=("train",))
+    job = client.get(f"/v1/jobs/{accepted.json()['job_id']}").json()
+    assert job["status"] == "finished", job
+    assert "cyce" in client.get("/v1/models/digits-untrained").json()["methods"]
+    explained = submit(client, png(mnist_digit(8)), method="cyce", model_id="digits-untrained").json()["job_id"]
+    work(settings)
+    heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{explained}/heatmap.npy").content))
+    assert heatmap.shape == (28, 28) and np.isfinite(heatmap).all()
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [({"data": "../../etc"}, "invalid_training_data"), ({}, "invalid_request"),
+     ({"data": "digits", "params": {"epochs": 0}}, "invalid_params")],
+)
+def test_training_requests_are_validated(client, settings, body, code):
+    (settings.training_root / "digits").mkdir(parents=True)
+    response = client.post("/v1/models/digits-untrained/train/syce", json=body)
+    assert response.status_code == 422 and response.json()["error"]["code"] == code
+    assert client.post("/v1/models/digits-untrained/train/saliency", json={"data": "digits"}).json()["error"][
+        "code"] == "not_trainable"

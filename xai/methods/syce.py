@@ -1,0 +1,226 @@
+"""SyCE and CyCE: explanations from conditional generators trained once per classifier. Torch-free.
+
+``SPECS`` are the request-time methods (fast queue: two generator passes per image). ``TRAINING_SPECS``
+are the training jobs that produce their artifacts (train queue), with the paper's hyper-parameters
+as defaults; their ``variant`` parameter tells ``models.training.syce.train`` which one it runs.
+``PRESETS`` holds the loss weights and batch sizes of the paper's supplementary tables 3(a) (CyCE)
+and 3(b) (SyCE), ResNet-50 rows, for its three problems; a training parameter left at ``None`` takes
+the chosen preset's value.
+"""
+
+from __future__ import annotations
+
+from xai.errors import InvalidInput
+from xai.methods.spec import MethodSpec, Param
+
+PAPER = "Charachon et al. 2021, Leveraging Conditional Generative Models in a General Explanation Framework"
+VARIANTS = ("syce", "cyce")
+
+# Loss-term names (also the training parameter names):
+#   weight_symmetry        ||x - G(G(x))||, MSE + MAE            (SyCE only)
+#   weight_cycle           ||x - G'(G(x))||, MSE + MAE
+#   weight_adversarial     BCE(opposite side, f(G(x)))
+#   weight_symmetry_class  BCE(own side, f(G(G(x))))             (SyCE only)
+#   weight_cycle_class     BCE(own side, f(G'(G(x))))
+#   weight_gan             generator's GAN term, BCE(real, D'(G(x)))
+#   weight_discriminator   discriminators' real/fake BCE
+#   weight_gradient_penalty  (||grad D(interpolate)|| - 1)^2 on the discriminators
+PRESETS: dict[str, dict[str, dict[str, float]]] = {
+    "syce": {
+        "digits": {
+            "weight_symmetry": 10.0,
+            "weight_cycle": 2.0,
+            "weight_adversarial": 0.2,
+            "weight_symmetry_class": 0.01,
+            "weight_cycle_class": 0.005,
+            "weight_gan": 0.25,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 64,
+        },
+        "pneumonia": {
+            "weight_symmetry": 10.0,
+            "weight_cycle": 2.0,
+            "weight_adversarial": 0.05,
+            "weight_symmetry_class": 0.01,
+            "weight_cycle_class": 0.001,
+            "weight_gan": 0.05,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 8,
+        },
+        "brain_tumour": {
+            "weight_symmetry": 20.0,
+            "weight_cycle": 1.0,
+            "weight_adversarial": 0.2,
+            "weight_symmetry_class": 0.05,
+            "weight_cycle_class": 0.01,
+            "weight_gan": 0.025,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 8,
+        },
+    },
+    "cyce": {
+        "digits": {
+            "weight_cycle": 10.0,
+            "weight_adversarial": 0.2,
+            "weight_cycle_class": 0.005,
+            "weight_gan": 0.25,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 64,
+        },
+        "pneumonia": {
+            "weight_cycle": 10.0,
+            "weight_adversarial": 0.05,
+            "weight_cycle_class": 0.01,
+            "weight_gan": 0.025,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 8,
+        },
+        "brain_tumour": {
+            "weight_cycle": 20.0,
+            "weight_adversarial": 0.1,
+            "weight_cycle_class": 0.01,
+            "weight_gan": 0.05,
+            "weight_discriminator": 1.0,
+            "weight_gradient_penalty": 1.0,
+            "batch_size": 8,
+        },
+    },
+}
+PRESET_NAMES = ("auto", "digits", "pneumonia", "brain_tumour")
+
+
+def resolve_preset(variant: str, preset: str, height: int, width: int) -> tuple[str, dict[str, float]]:
+    """The preset to use and its values; ``"auto"`` is ``digits`` up to 32 px, else ``pneumonia``.
+
+    Raises:
+        InvalidInput: ``invalid_params`` for an unknown variant or preset.
+    """
+    if variant not in PRESETS:
+        raise InvalidInput(
+            f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", code="invalid_params"
+        )
+    if preset == "auto":
+        preset = "digits" if min(height, width) <= 32 else "pneumonia"
+    if preset not in PRESETS[variant]:
+        raise InvalidInput(
+            f"unknown preset {preset!r}; valid: {', '.join(PRESET_NAMES)}", code="invalid_params"
+        )
+    return preset, PRESETS[variant][preset]
+
+
+def _weight(name: str, description: str) -> Param:
+    return Param(name, "float", None, f"{description}; null = the preset's value", 0.0, 1000.0)
+
+
+def _training_params(variant: str) -> tuple[Param, ...]:
+    symmetry = (
+        (
+            _weight("weight_symmetry", "Symmetry reconstruction ||x - G(G(x))|| (MSE + MAE)"),
+            _weight("weight_symmetry_class", "Classification of G(G(x)) as the input's side"),
+        )
+        if variant == "syce"
+        else ()
+    )
+    return (
+        Param(
+            "variant",
+            "str",
+            variant,
+            "Which generators to train (set by the method trained)",
+            choices=(variant,),
+        ),
+        Param(
+            "preset",
+            "str",
+            "auto",
+            "Paper's weight table to start from (auto: by input size)",
+            choices=PRESET_NAMES,
+        ),
+        Param("epochs", "int", 80, "Training epochs (the paper trains 80)", 1, 1000),
+        Param(
+            "batch_size",
+            "int",
+            None,
+            "Images per decision side per step; null = preset (64 digits, 8 else)",
+            1,
+            512,
+        ),
+        Param("lr_generator", "float", 1e-4, "Adam learning rate of the generators", 1e-7, 1.0),
+        Param("lr_discriminator", "float", 2e-4, "Adam learning rate of the discriminators", 1e-7, 1.0),
+        Param("discriminator_steps", "int", 1, "Discriminator updates per generator update", 1, 10),
+        *symmetry,
+        _weight("weight_cycle", "Cycle reconstruction ||x - G'(G(x))|| (MSE + MAE)"),
+        _weight("weight_adversarial", "Classification of G(x) as the opposite side"),
+        _weight("weight_cycle_class", "Classification of G'(G(x)) as the input's side"),
+        _weight("weight_gan", "Generator GAN term"),
+        _weight("weight_discriminator", "Discriminator real/fake term"),
+        _weight("weight_gradient_penalty", "Gradient penalty on the discriminators"),
+        Param(
+            "base_width", "int", 16, "Generator width at full resolution (doubles per level, max 4x)", 4, 64
+        ),
+        Param("dropout", "float", 0.0, "Generator channel dropout (the paper allows 0.1-0.2)", 0.0, 0.5),
+        Param("augment", "bool", False, "Random rotation (5 degrees) and zoom (0.8-1) of training images"),
+        Param(
+            "validation_fraction",
+            "float",
+            0.1,
+            "Images held out to measure the flip rate each epoch",
+            0.0,
+            0.5,
+        ),
+        Param("seed", "int", 0, "Seed of initialisation, sampling and augmentation", 0, 2**31 - 1),
+    )
+
+
+SPECS = (
+    MethodSpec(
+        "syce",
+        "SyCE (symmetrically conditioned explanation)",
+        "fast",
+        "Two trained generators: x_a = G(x) is classified the other way, x_st = G(x_a) returns to the "
+        "input's side; the explanation is |x_st - x_a| (channel mean). Needs a trained 'syce' artifact.",
+        params=(Param("return_images", "bool", True, "Return the adversarial and stable images"),),
+        needs_artifacts=True,
+        references=(PAPER, "github.com/martinCharachon/cGANsExplainer"),
+    ),
+    MethodSpec(
+        "cyce",
+        "CyCE (cyclic conditioned explanation)",
+        "fast",
+        "A trained generator makes a counterfactual G(x) classified the other way; the explanation is "
+        "|x - G(x)| (channel mean). Needs a trained 'cyce' artifact.",
+        params=(Param("return_images", "bool", True, "Return the counterfactual image"),),
+        needs_artifacts=True,
+        references=(PAPER, "github.com/martinCharachon/cGANsExplainer"),
+    ),
+)
+
+TRAINING_SPECS = tuple(
+    MethodSpec(
+        variant,
+        f"Train {variant.upper()} generators",
+        "train",
+        "Train two U-Net generators and two discriminators against the registered classifier, on images "
+        "split by the classifier's own decisions (one class against the rest for multi-class models).",
+        params=_training_params(variant),
+        references=(PAPER,),
+    )
+    for variant in VARIANTS
+)
+
+
+def training_spec(variant: str) -> MethodSpec:
+    """The training spec of "syce" or "cyce".
+
+    Raises:
+        InvalidInput: ``invalid_params`` for another name.
+    """
+    for spec in TRAINING_SPECS:
+        if spec.name == variant:
+            return spec
+    raise InvalidInput(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}", code="invalid_params")
