@@ -388,3 +388,26 @@ def test_waiting_jobs_of_one_model_and_method_are_explained_in_one_batch(client,
         work(settings)
         single = np.load(io.BytesIO(client.get(f"/v1/jobs/{alone}/heatmap.npy").content))
         np.testing.assert_allclose(batched_map, single, rtol=1e-4, atol=1e-6)
+
+
+def test_a_running_long_job_shows_progress_and_stops_when_canceled(client, settings):
+    params = json.dumps({"iterations": 200})
+    job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params=params).json()["job_id"]
+    env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
+           "PATH": "/usr/bin:/bin"}
+    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+    try:
+        running = _wait_for(lambda: _progressing(client, job_id), 90)
+        assert running["stage"] == "explaining" and "iteration" in running["note"]
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+        job = _wait_for(lambda: _ended(client, job_id), 30)
+        assert job["status"] == "canceled" and job["error"]["code"] == "canceled"
+        assert job["progress"] < 1.0
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def _progressing(client, job_id):
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job if job["status"] == "started" and job["progress"] > 0.1 and job["note"] else None
