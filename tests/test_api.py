@@ -179,12 +179,9 @@ def test_boxes_annotation_and_comparison(client, settings):
         ({"params": "not json"}, None, 422, "invalid_params"),
         ({"target": "seven"}, None, 422, "invalid_target"),
         ({"target": "5"}, None, 422, "invalid_target"),
-        ({"method": "syce"}, None, 409, "method_unavailable"),
     ],
 )
 def test_bad_requests_get_stable_codes(client, fields, data, status, code):
-    if fields.get("method") == "syce" and "syce" not in __import__("xai.methods").methods.CATALOGUE:
-        pytest.skip("syce is not in the catalogue yet")
     data = png(mnist_digit(3)) if data is None else data
     files = {"file": ("x.png", data, "image/png")}
     response = client.post("/v1/explanations", data={"model_id": MODEL, "method": "saliency", **fields}, files=files)

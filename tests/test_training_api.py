@@ -71,3 +71,19 @@ def test_training_requests_are_validated(client, settings, body, code):
     assert response.status_code == 422 and response.json()["error"]["code"] == code
     assert client.post("/v1/models/digits-untrained/train/saliency", json={"data": "digits"}).json()["error"][
         "code"] == "not_trainable"
+
+
+def test_gad_explanation_keeps_a_subset_of_the_base_map(client, settings):
+    params = '{"base_method": "saliency"}'
+    job_id = submit(client, png(mnist_digit(8, 4)), method="gad", params=params).json()["job_id"]
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "finished", job
+    details = job["result"]["metrics"]["gad"]
+    assert details["alphas"] == [2.0, 4.0, 6.0, 8.0] and details["base_method"] == "saliency"
+    assert 0 < details["retained_fraction"] <= 1
+    heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content))
+    base = np.asarray(Image.open(io.BytesIO(client.get(f"/v1/jobs/{job_id}/base_map.png").content)))
+    assert heatmap.shape == base.shape[:2] == (28, 28)
+    kept, important = heatmap > 0, base.reshape(28, 28, -1).max(axis=-1) > 0
+    assert kept.any() and (important[kept]).all() and kept.sum() < important.sum()

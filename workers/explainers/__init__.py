@@ -9,6 +9,7 @@ from workers.explainers.cyce import CyCE
 from workers.explainers.deconvolution import Deconvolution
 from workers.explainers.deeplift import DeepLift
 from workers.explainers.feature_ablation import FeatureAblation
+from workers.explainers.gad import GAD
 from workers.explainers.grad_cam import GradCam
 from workers.explainers.grad_cam_plus_plus import GradCamPlusPlus
 from workers.explainers.gradient_shap import GradientShap
@@ -30,6 +31,7 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "deconvolution": Deconvolution,
     "deeplift": DeepLift,
     "feature_ablation": FeatureAblation,
+    "gad": GAD,
     "grad_cam": GradCam,
     "grad_cam_plus_plus": GradCamPlusPlus,
     "gradient_shap": GradientShap,

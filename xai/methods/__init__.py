@@ -6,10 +6,10 @@ specs in its own module; each worker-side explainer (workers/explainers/<name>.p
 """
 
 from xai.errors import InvalidInput
-from xai.methods import gradient, igos_pp, syce
+from xai.methods import gad, gradient, igos_pp, syce
 from xai.methods.spec import MethodSpec, Param
 
-FAMILIES = (gradient, igos_pp, syce)
+FAMILIES = (gradient, igos_pp, syce, gad)
 CATALOGUE: dict[str, MethodSpec] = {spec.name: spec for family in FAMILIES for spec in family.SPECS}
 # Methods whose per-model artifacts are trained on the train queue, with their training parameters.
 TRAINABLE: dict[str, MethodSpec] = {
