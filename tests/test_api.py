@@ -408,3 +408,24 @@ def test_a_running_long_job_shows_progress_and_stops_when_canceled(client, setti
 def _progressing(client, job_id):
     job = client.get(f"/v1/jobs/{job_id}").json()
     return job if job["status"] == "started" and job["progress"] > 0.1 and job["note"] else None
+
+
+def test_patch_mode_and_quality_metrics_per_request(client, settings):
+    big = png(np.tile(mnist_digit(3), (2, 3)))  # 56 x 84: six digits, larger than the 28 x 28 model input
+    patched = submit(client, big, patch_mode="true", patch_overlap="0.5").json()["job_id"]
+    checked = submit(client, png(mnist_digit(8)), method="saliency,grad_cam",
+                     metrics="infidelity,max_sensitivity,randomisation").json()["job_id"]
+    refused = submit(client, png(mnist_digit(8)), metrics="beauty")
+    assert refused.status_code == 422 and error_code(refused) == "invalid_metrics"
+    work(settings)
+    job = client.get(f"/v1/jobs/{patched}").json()
+    assert job["result"]["metrics"]["patches"] == {"patch_size": [28, 28], "overlap": 0.5}
+    heatmap = np.load(io.BytesIO(client.get(f"/v1/jobs/{patched}/heatmap.npy").content))
+    assert heatmap.shape == (56, 84)
+    tiles = heatmap.reshape(2, 28, 3, 28).sum(axis=(1, 3))
+    assert tiles.min() > 0.3 * tiles.max()  # every copy of the digit is explained, not just one tile
+    methods = client.get(f"/v1/jobs/{checked}").json()["result"]["metrics"]["methods"]
+    for name in ("saliency", "grad_cam"):
+        quality = methods[name]["quality"]
+        assert quality["infidelity"]["infidelity"] >= 0 and quality["max_sensitivity"]["max_sensitivity"] >= 0
+        assert -1 <= quality["randomisation"]["spearman"] < 0.99
