@@ -29,6 +29,21 @@ def _seed():
         pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The test tensors are tiny: a second intra-op thread only adds synchronisation, which on a shared
+    2-core CI machine costs many times the work itself. Worker subprocesses keep their own setting."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()

@@ -40,15 +40,6 @@ SPEC = SPECS[0]
 SIZE = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: one intra-op thread avoids oversubscription stalls with tiny tensors.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def manifest(output: str = "softmax", class_names=("a", "b")) -> ModelManifest:
     return ModelManifest(
         id="tiny", architecture="test", input=InputSpec(height=SIZE, width=SIZE),

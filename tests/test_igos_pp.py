@@ -18,15 +18,6 @@ SPEC = SPECS[0]
 SQUARE = (slice(6, 12), slice(10, 16))  # rows, columns of the evidence square in a 24 x 24 image
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: one intra-op thread avoids oversubscription stalls with tiny tensors.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SquareEvidence(nn.Module):
     """A sigmoid-style binary model: one logit z from the mean of one square, shown as [-z/2, z/2].
 

@@ -46,15 +46,6 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread; on a shared CPU, more threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class HalvesClassifier(nn.Module):
     """Logit z = 10 (mean(left half) - mean(right half)), shown as the two logits [-z/2, z/2]."""
 

@@ -359,7 +359,8 @@ def optimise(
         losses, steps = [], []
         for iteration in range(settings.iterations):
             loss, grad_del, grad_ins = problem.loss_and_gradient(masks_del, masks_ins)
-            initial = loss if iteration == 0 else initial
+            if iteration == 0:
+                initial = loss
             step, final = _line_search(problem, masks_del, masks_ins, grad_del, grad_ins, loss["loss"])
             masks_del = (masks_del - step.view(-1, 1, 1, 1) * grad_del).clamp(0, 1)
             masks_ins = (masks_ins - step.view(-1, 1, 1, 1) * grad_ins).clamp(0, 1)
