@@ -28,7 +28,7 @@ from scipy.spatial import ConvexHull
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from workers.explainers.base import model_left_as_found
+from models.guard import model_left_as_found
 from xai.errors import InvalidInput
 
 Substrate = Literal["blur", "zero", "mean"]

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from workers.explainers.base import Explainer, Explanation, Progress, model_left_as_found, no_progress
+from models.guard import model_left_as_found
+from workers.explainers.base import Explainer, Explanation, Progress, no_progress
 
 FALLBACK = "float32-fallback"
 

@@ -34,7 +34,7 @@ from captum.metrics import sensitivity_max
 from scipy.stats import spearmanr
 from torch import nn
 
-from workers.explainers.base import model_left_as_found
+from models.guard import model_left_as_found
 from workers.metrics import _check_heatmap, _check_single_image
 
 ExplainFn = Callable[[torch.Tensor, list[int]], torch.Tensor]

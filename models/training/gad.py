@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.guard import predict_logits
 from xai.errors import Conflict, InvalidInput
 from xai.methods.gad import DESIGN_CHOICES, TRAINING_SPECS, parse_alphas, parse_class_pair
 
@@ -252,20 +253,6 @@ def train(
     return {**summary, "artifact": str(artifact)}
 
 
-def classifier_logits(classifier: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The classifier's logits for all images (eval mode, no gradients), on the CPU; modes are restored."""
-    device = next(classifier.parameters()).device
-    modes = {module: module.training for module in classifier.modules()}
-    classifier.eval()
-    try:
-        with torch.inference_mode():
-            chunks = images.split(batch_size)
-            return torch.cat([classifier(chunk.to(device)).float().cpu() for chunk in chunks])
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
 def write_artifact(
     folder: Path,
     supports: list[nn.Module] | list[dict[str, torch.Tensor]],
@@ -346,7 +333,7 @@ def _images_of_pair(
     Raises:
         InvalidInput: ``class_not_predicted`` when no image is assigned to one of the two classes.
     """
-    logits = classifier_logits(classifier, images, batch_size)
+    logits = predict_logits(classifier, images, batch_size)
     side = assign_to_pair(logits, pair)
     counts = [int((side == value).sum()) for value in (0, 1, -1)]
     missing = " or ".join(
@@ -409,7 +396,7 @@ def _margin_shifts(
     before = pair_margin(logits, side, pair)
     shifts = {}
     for alpha, model in zip(settings.alphas, supports):
-        after = pair_margin(classifier_logits(model, images, settings.batch_size), side, pair)
+        after = pair_margin(predict_logits(model, images, settings.batch_size), side, pair)
         shifts[_alpha_key(alpha)] = round(float((after - before).mean()), 4)
     return shifts
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.guard import model_left_as_found, predict_logits
 from models.networks.discriminator import Discriminator, discriminator_widths_for_size
 from models.networks.unet import UNetGenerator, widths_for_size
 from xai.errors import InvalidInput, ServiceError
@@ -292,7 +293,7 @@ def train(
     device = torch.device(device)
     _check_images(images)
     with frozen(classifier):
-        logits = predict_logits(classifier, images, device)
+        logits = predict_logits(classifier, images, PREDICTION_BATCH)
         target = resolve_target_class(logits.shape[1], target_class)
         plan = make_plan(params, tuple(images.shape[1:]), logits.shape[1], target)
         sides = decision_sides(logits, target)
@@ -303,25 +304,9 @@ def train(
 @contextmanager
 def frozen(classifier: nn.Module) -> Iterator[None]:
     """Eval mode and no parameter gradients while training against it; restores both after."""
-    modes = {module: module.training for module in classifier.modules()}
-    flags = {param: param.requires_grad for param in classifier.parameters()}
-    classifier.eval()
-    classifier.requires_grad_(False)
-    try:
+    with model_left_as_found(classifier):
+        classifier.requires_grad_(False)
         yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-        for param, flag in flags.items():
-            param.requires_grad_(flag)
-
-
-def predict_logits(classifier: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Classifier logits for all images, in batches, on the CPU."""
-    with torch.inference_mode():
-        return torch.cat(
-            [classifier(chunk.to(device)).float().cpu() for chunk in images.split(PREDICTION_BATCH)]
-        )
 
 
 def _check_images(images: torch.Tensor) -> None:

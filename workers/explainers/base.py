@@ -14,14 +14,15 @@ defaults filled, from ``xai.methods.CATALOGUE[name]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from models.guard import model_left_as_found
 
 # Called with a fraction in [0, 1] and an optional note ("iteration 12/100, loss 0.31").
 # It may raise xai.errors.JobCancelled: explainers let it propagate.
@@ -81,36 +82,3 @@ class Explainer(ABC):
     def _explain(
         self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress
     ) -> Explanation: ...
-
-
-@contextmanager
-def model_left_as_found(model: nn.Module) -> Iterator[None]:
-    """Put the model in eval mode for the explanation and restore mode, grad flags and hooks after.
-
-    Hooks are compared by handle id: any forward/backward hook a library forgot to remove is removed here.
-    """
-    modes = {module: module.training for module in model.modules()}
-    grad_flags = {param: param.requires_grad for param in model.parameters()}
-    hook_ids = {module: _hook_ids(module) for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
-        for param, flag in grad_flags.items():
-            param.requires_grad_(flag)
-            param.grad = None
-        for module, before in hook_ids.items():
-            for hooks in _hook_dicts(module):
-                for key in [k for k in hooks if k not in before]:
-                    del hooks[key]
-
-
-def _hook_dicts(module: nn.Module) -> list[dict]:
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return [getattr(module, name) for name in names if hasattr(module, name)]
-
-
-def _hook_ids(module: nn.Module) -> set:
-    return {key for hooks in _hook_dicts(module) for key in hooks}
