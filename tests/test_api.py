@@ -277,11 +277,11 @@ def test_registering_wrong_weights_marks_the_model_invalid(client, settings):
 
 def test_killed_worker_leaves_the_job_failed_with_a_reason(client, settings):
     """A worker killed mid-job: the job ends 'failed' with code worker_lost, never 'started' forever."""
-    params = json.dumps({"n_steps": 1000, "internal_batch_size": 1})
-    job_id = submit(client, png(mnist_digit(3)), method="integrated_gradients", params=params).json()["job_id"]
+    params = json.dumps({"iterations": 500})  # minutes of work: the kill always lands mid-job
+    job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params=params).json()["job_id"]
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
-    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "fast"], cwd=REPO, env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
     try:
         _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "started", 60)
     finally:
