@@ -202,6 +202,10 @@ def test_idempotency_key_returns_the_same_job(client):
     second = submit(client, png(mnist_digit(3)), headers=headers).json()["job_id"]
     assert first == second
     assert submit(client, png(mnist_digit(3))).json()["job_id"] != first
+    refused = submit(client, b"", headers={"Idempotency-Key": "retry-456"})
+    assert refused.status_code == 422
+    retried = submit(client, png(mnist_digit(3)), headers={"Idempotency-Key": "retry-456"})
+    assert client.get(f"/v1/jobs/{retried.json()['job_id']}").status_code == 200
 
 
 def test_cancel_a_queued_job(client, settings):

@@ -50,10 +50,6 @@ async def create_explanation(
     method_params = _params(params, methods)
     target_index = _target(target, manifest)
     quality_metrics = _quality_metrics(metrics)
-    job_id = new_job_id()
-    existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
-    if existing:
-        return _accepted(request, existing)
     limits = limits_from_settings(settings)
     data = await _read_limited(file, settings.max_upload_bytes)
     decoded = await run_in_threadpool(ingest_upload, data, frame=frame, limits=limits)
@@ -63,6 +59,11 @@ async def create_explanation(
         mask = await run_in_threadpool(
             decode_annotation, annotation_bytes, shape=decoded.pixels.shape[:2], limits=limits
         )
+    # Claimed only once the request is known to be valid, so a refused request never holds a key.
+    job_id = new_job_id()
+    existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
+    if existing:
+        return _accepted(request, existing)
     queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
     enqueue(
         gateway, queue, EXPLAIN_ENTRY,
