@@ -2,7 +2,9 @@
 
 The RQ job argument is a small JSON dict without pixels or patient data; the canonical image waits
 under its own key with a TTL. Every enqueue states its timeouts and TTLs: RQ's default failure TTL
-is a year, far too long for anything derived from a patient's image.
+is a year, far too long for anything derived from a patient's image. A queued job itself never
+expires (no RQ ``ttl``): if its input has expired by the time a worker reaches it, it fails with
+``input_expired`` instead of vanishing.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def enqueue(
         job_timeout=settings.timeout_for(queue_name),
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
-        ttl=settings.input_ttl_s,
         meta={"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0},
     )
 
