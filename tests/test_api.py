@@ -433,3 +433,13 @@ def test_patch_mode_and_quality_metrics_per_request(client, settings):
         quality = methods[name]["quality"]
         assert quality["infidelity"]["infidelity"] >= 0 and quality["max_sensitivity"]["max_sensitivity"] >= 0
         assert -1 <= quality["randomisation"]["spearman"] < 0.99
+
+
+def test_an_expired_input_fails_the_job_with_a_reason(client, settings):
+    from xai.jobs import input_key
+
+    job_id = submit(client, png(mnist_digit(3))).json()["job_id"]
+    Redis.from_url(settings.redis_url).delete(input_key(job_id))  # as if XAI_INPUT_TTL_S had passed
+    work(settings)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "input_expired"
