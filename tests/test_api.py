@@ -443,3 +443,12 @@ def test_an_expired_input_fails_the_job_with_a_reason(client, settings):
     work(settings)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["error"]["code"] == "input_expired"
+
+
+def test_a_job_past_its_time_limit_fails_with_timeout(settings, store):
+    hurried = settings.model_copy(update={"timeout_slow_s": 1})
+    with TestClient(create_app(hurried)) as client:
+        job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params='{"iterations": 500}').json()["job_id"]
+        work(hurried)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "timeout"

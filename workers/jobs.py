@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from redis import Redis
 from rq import get_current_job
+from rq.timeouts import JobTimeoutException
 
 from models.preprocess import heatmap_to_input_size, to_model_input
 from models.store import ModelStore
@@ -178,6 +179,10 @@ def _guarded(body: Callable[[dict[str, Any], JobProgress], dict[str, Any]], requ
         result = body(request, progress)
     except JobCancelled:
         _fail(job, Stage.CANCELED, {"code": "canceled", "message": "the job was canceled at the caller's request"})
+        raise
+    except JobTimeoutException:
+        _fail(job, Stage.FAILED, {"code": "timeout", "message": "the job ran past its queue's time limit; "
+                                  "try fewer steps or iterations, or a smaller image"})
         raise
     except ServiceError as error:
         _fail(job, Stage.FAILED, error.to_dict())
