@@ -34,11 +34,6 @@ from xai.methods.syce import SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "models" / "demo"
-TEST_IMAGES = {
-    "mnist-3v8": lambda spec: demo.mnist_3v8_splits(demo.DEFAULT_DATA_ROOT)[1].images,
-    "busi-malignancy": lambda spec: demo.busi_splits(demo.DEFAULT_DATA_ROOT, spec)[1].images,
-    "nih-cardiomegaly": lambda spec: demo.nih_splits(demo.DEFAULT_DATA_ROOT, "Cardiomegaly", spec)[1].images,
-}
 BATCHES = (1, 8, 32)
 
 
@@ -65,7 +60,7 @@ def _synchronize(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="busi-malignancy", choices=sorted(TEST_IMAGES))
+    parser.add_argument("--model", default="busi-malignancy", choices=sorted(demo.DEMOS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
@@ -76,7 +71,8 @@ def main() -> None:
     folder = DEMO_DIR / args.model
     manifest = ModelManifest.model_validate_json((folder / "manifest.json").read_text())
     classifier = load_classifier(manifest, folder / manifest.weights_file, device)
-    images = TEST_IMAGES[args.model](manifest.input)[: max(BATCHES)].to(device)
+    _, test = demo.DEMOS[args.model].splits(demo.DEFAULT_DATA_ROOT, manifest.input)
+    images = test.images[: max(BATCHES)].to(device)
     with torch.no_grad():
         targets = classifier(images).argmax(1).tolist()
 

@@ -50,20 +50,12 @@ RECIPES = {
         30,
     ),
 }
-# Demo id -> its (train, test) splits; the same recipes models/training/demo.py trains the classifiers with.
-SPLITS = {
-    "mnist-3v8": lambda spec: demo.mnist_3v8_splits(demo.DEFAULT_DATA_ROOT),
-    "busi-malignancy": lambda spec: demo.busi_splits(demo.DEFAULT_DATA_ROOT, spec),
-    "nih-cardiomegaly": lambda spec: demo.nih_splits(demo.DEFAULT_DATA_ROOT, "Cardiomegaly", spec),
-}
-
-
 def train_variant(model_id: str, variant: str, device: str, minutes: float) -> dict:
     """Train one variant within ``minutes`` of wall-clock time, ship it, and evaluate it on the test split."""
     folder = DEMO_DIR / model_id
     manifest = ModelManifest.model_validate_json((folder / "manifest.json").read_text())
     classifier = load_classifier(manifest, folder / manifest.weights_file, device)
-    train_split, test_split = SPLITS[model_id](manifest.input)
+    train_split, test_split = demo.DEMOS[model_id].splits(demo.DEFAULT_DATA_ROOT, manifest.input)
     params, most_epochs = RECIPES[model_id]
     work = WORK_DIR / model_id / variant
     started = time.perf_counter()

@@ -41,18 +41,9 @@ SETTINGS = {
 }
 
 
-# Demo id -> (train, test) splits, read as models/training/demo.py reads them to train the classifiers
-# (its DEMOS registry exposes only the test split).
-SPLITS = {
-    "mnist-3v8": lambda spec: demo.mnist_3v8_splits(demo.DEFAULT_DATA_ROOT),
-    "busi-malignancy": lambda spec: demo.busi_splits(demo.DEFAULT_DATA_ROOT, spec),
-    "nih-cardiomegaly": lambda spec: demo.nih_splits(demo.DEFAULT_DATA_ROOT, "Cardiomegaly", spec),
-}
-
-
 def training_images(manifest: ModelManifest) -> torch.Tensor:
     """The training split of a demo model at its input size (normalisation is inside the classifier)."""
-    train_split, _ = SPLITS[manifest.id](manifest.input)
+    train_split, _ = demo.DEMOS[manifest.id].splits(demo.DEFAULT_DATA_ROOT, manifest.input)
     return train_split.images
 
 

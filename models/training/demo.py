@@ -328,16 +328,25 @@ def train_busi_malignancy(
 
 @dataclass(frozen=True)
 class Demo:
-    """A demo model: how to train it, and how to read the test split its evaluation was measured on."""
+    """A demo model: how to train it, and how to read its splits.
+
+    ``test_split(root)`` is the split its evaluation was measured on; ``splits(root, spec)`` gives
+    (train, test) at ``spec``'s size, for training its explainer artifacts on the same images.
+    """
 
     train: Callable[[Path, torch.device, Progress | None], tuple[ModelManifest, nn.Module]]
     test_split: Callable[[Path], Split]
+    splits: Callable[[Path, InputSpec], tuple[Split, Split]]
 
 
 DEMOS: dict[str, Demo] = {
-    "mnist-3v8": Demo(train_mnist_3v8, lambda root: mnist_3v8_splits(root)[1]),
-    "nih-cardiomegaly": Demo(train_nih_cardiomegaly, nih_cardiomegaly_test_split),
-    "busi-malignancy": Demo(train_busi_malignancy, busi_test_split),
+    "mnist-3v8": Demo(
+        train_mnist_3v8, lambda root: mnist_3v8_splits(root)[1], lambda root, spec: mnist_3v8_splits(root)
+    ),
+    "nih-cardiomegaly": Demo(
+        train_nih_cardiomegaly, nih_cardiomegaly_test_split, lambda root, spec: nih_splits(root, "Cardiomegaly", spec)
+    ),
+    "busi-malignancy": Demo(train_busi_malignancy, busi_test_split, busi_splits),
 }
 
 
