@@ -381,6 +381,7 @@ def test_waiting_jobs_of_one_model_and_method_are_explained_in_one_batch(client,
     for job_id in batched:
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "finished" and job["result"]["metrics"]["batch"] == {"size": 3}
+        assert job["result"]["metrics"]["timing"]["compute_ms"] > 0
         batched_maps.append(np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap.npy").content)))
     assert "batch" not in client.get(f"/v1/jobs/{other}").json()["result"]["metrics"]
     assert client.get(f"/v1/jobs/{batched[1]}").json()["result"]["metrics"]["target"]["class_name"] == "eight"

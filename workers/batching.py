@@ -11,6 +11,7 @@ the kept result ages out of the bounded cache.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -59,10 +60,12 @@ def explain_with_waiting_peers(
     batch = torch.cat(images)
     targets = _targets(loaded, batch, requests)
     method = request["methods"][0]
+    started = time.perf_counter()
     results = run_method(loaded, ctx.store, method, batch, targets, request["params"][method], progress,
                          JobSettings())
+    share_ms = (time.perf_counter() - started) * 1000 / len(results)
     for result, target in zip(results, targets, strict=True):
-        result.target = target
+        result.target, result.compute_ms = target, round(share_ms, 1)
         result.metrics["batch"] = {"size": len(requests)}
     for peer_request, result in zip(requests[1:], results[1:], strict=True):
         _READY[peer_request["job_id"]] = result

@@ -35,6 +35,7 @@ class MethodResult:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # extra images, H x W (x 3) in [0, 1]
     metrics: dict[str, Any] = field(default_factory=dict)
     target: int | None = None  # the class explained, when it was chosen in a batch
+    compute_ms: float | None = None  # this image's share of a batch's compute time
 
 
 @dataclass
@@ -74,11 +75,15 @@ def explain_image(
     for index, method in enumerate(methods):
         span = (0.1 + 0.85 * index / len(methods), 0.1 + 0.85 * (index + 1) / len(methods))
         progress.stage(Stage.EXPLAINING, span)
-        started = time.perf_counter()
-        result = precomputed or run_method(
-            loaded, store, method, image, [target], request["params"].get(method, {}), progress, job, native
-        )[0]
-        compute_ms += (time.perf_counter() - started) * 1000
+        if precomputed is not None:
+            result = precomputed
+            compute_ms += precomputed.compute_ms or 0.0
+        else:
+            started = time.perf_counter()
+            result = run_method(
+                loaded, store, method, image, [target], request["params"].get(method, {}), progress, job, native
+            )[0]
+            compute_ms += (time.perf_counter() - started) * 1000
         result.metrics |= _score(model, image, result.heatmap, target, annotation)
         per_method[method] = result
     metrics: dict[str, Any] = {

@@ -76,10 +76,9 @@ def _run_explanation(request: dict[str, Any], progress: JobProgress) -> dict[str
     annotation = _fetch_annotation(ctx.connection, job_id)
     tensor = to_model_input(image, loaded.manifest.input).to(ctx.device)
     precomputed = batching.take_ready(job_id)
-    job = get_current_job()
-    if precomputed is None and job is not None and batching.batch_key(request):
+    if precomputed is None and progress.job is not None and batching.batch_key(request):
         progress.stage(Stage.EXPLAINING, (0.1, 0.6))
-        precomputed = batching.explain_with_waiting_peers(job, ctx, loaded, tensor, request, progress,
+        precomputed = batching.explain_with_waiting_peers(progress.job, ctx, loaded, tensor, request, progress,
                                                           ctx.settings.batch_max)
     outcome = explain_image(
         loaded, ctx.store, tensor, request, progress,
