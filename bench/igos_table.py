@@ -2,7 +2,7 @@
 
 The paper's Table 1 shape on our demo models: for each model, held-out test images, the predicted class
 as target, and for every method the mean (and standard deviation) of the service's own deletion and
-insertion AUC (``workers.metrics.deletion_insertion``, 50 steps, blur substrate, softmax probability:
+insertion AUC (``workers.scoring.deletion_insertion``, 50 steps, blur substrate, softmax probability:
 the figure every job reports). iGOS++ runs at three mask resolutions: the Grad-CAM layer's, 28 cells
 (the paper's medium) and the full input resolution, so each baseline has an iGOS++ row at its own
 resolution (Grad-CAM at its layer's; IG and saliency at the input's).
@@ -118,7 +118,7 @@ def score(
     model: nn.Module, images: torch.Tensor, heatmaps: torch.Tensor, targets: list[int]
 ) -> dict[str, list[float]]:
     """Per-image deletion and insertion AUC with the service's metric (the figure every job reports)."""
-    from workers.metrics import deletion_insertion
+    from workers.scoring import deletion_insertion
 
     runs = [
         deletion_insertion(model, images[i : i + 1], heatmaps[i], targets[i], steps=STEPS)
@@ -181,7 +181,7 @@ def main() -> None:
     for model_id in ids:
         rows += table_for_model(model_id, device, args.images)
     print(f"device {device}; {args.images} held-out images per model; target = predicted class; "
-          f"metric: workers.metrics.deletion_insertion, {STEPS} steps, blur substrate, softmax probability")
+          f"metric: workers.scoring.deletion_insertion, {STEPS} steps, blur substrate, softmax probability")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

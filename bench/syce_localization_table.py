@@ -2,7 +2,7 @@
 percentile thresholds and NCC, for SyCE, CyCE, saliency, integrated gradients and Grad-CAM.
 
 Each method explains the classifier's own decision (the predicted class, as the service does when a
-caller names no target), at the model's input size; ``workers.metrics.localization`` scores each map
+caller names no target), at the model's input size; ``workers.scoring.localization`` scores each map
 against the annotation drawn at that size; the table gives means over images (NCC over the images
 where it is defined).
 
@@ -39,7 +39,7 @@ from models.training.data import read_image
 from workers.explainers import EXPLAINERS
 from workers.explainers.cyce import CyCE
 from workers.explainers.syce import SyCE
-from workers.metrics import localization
+from workers.scoring import localization
 from xai.imaging import DecodeLimits
 from xai.methods import CATALOGUE
 from xai.methods.syce import SPECS as SYCE_SPECS

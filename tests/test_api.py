@@ -141,7 +141,7 @@ def test_integrated_gradients_through_the_api_is_complete(client, settings, stor
 
 def test_annotation_gives_localization(client, settings):
     """The localisation figures are those of the returned heatmap against the sent mask."""
-    from workers.metrics import localization
+    from workers.scoring import localization
 
     digit = mnist_digit(3, 1)
     mask = digit > 64

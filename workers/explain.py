@@ -15,7 +15,7 @@ import torch
 from models.loader import resolve_layer
 from models.preprocess import to_model_input
 from models.store import ModelStore
-from workers import metrics as scoring
+from workers import scoring
 from workers import quality
 from workers.explainers import EXPLAINERS
 from workers.explainers.base import Explainer, Progress

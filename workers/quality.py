@@ -35,7 +35,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from models.guard import model_left_as_found
-from workers.metrics import _check_heatmap, _check_single_image
+from workers.scoring import _check_heatmap, _check_single_image
 
 ExplainFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 

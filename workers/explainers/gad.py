@@ -26,7 +26,7 @@ the CPU, where bench/bench_gad.py measured vmap's grouped convolutions 0.7-0.9x 
 memory), the models run one after another through Captum and the details say so.
 
 Metrics in the details (paper, section 5): RC, the ratio of the convex-hull areas of the GAD map's and
-the base map's top pixels (``workers.metrics.complexity``); RS (equation 2), the change of the
+the base map's top pixels (``workers.scoring.complexity``); RS (equation 2), the change of the
 target's softmax probability when the pixels inside a hull are set to 0, per occluded pixel, for the
 GAD hull and for the supplementary mask (base hull minus GAD hull).
 
@@ -52,7 +52,7 @@ from torch import nn
 from torch.func import functional_call
 
 from models.training.gad import SupportArtifact, read_artifact
-from workers import metrics as scoring
+from workers import scoring
 from workers.explainers._catalogue import ReportingModel, channel_heatmap, sub_progress
 from workers.explainers.base import Explainer, Explanation, Progress, no_progress
 from xai.errors import Conflict, InvalidInput
@@ -267,7 +267,7 @@ def important_pixels(importance: torch.Tensor, fraction: float) -> torch.Tensor:
 
 def top_pixels(importance: torch.Tensor, fraction: float) -> torch.Tensor:
     """The ``ceil(fraction * H * W)`` highest pixels of each ``H x W`` map, ties at the cut included, minus
-    pixels <= 0 (the selection rule of ``workers.metrics.complexity``)."""
+    pixels <= 0 (the selection rule of ``workers.scoring.complexity``)."""
     flat = importance.flatten(-2)
     keep = max(1, int(np.ceil(fraction * flat.shape[-1])))
     cut = flat.kthvalue(flat.shape[-1] - keep + 1, dim=-1, keepdim=True).values

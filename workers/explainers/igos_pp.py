@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from workers import metrics as scoring
+from workers import scoring
 from workers.explainers.base import Explainer, Explanation, Progress
 from xai.errors import InvalidInput
 
@@ -476,7 +476,7 @@ def _mask_aucs(
 ) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any]]:
     """Deletion and insertion AUC of each mask per image (the paper's supplementary Table 6).
 
-    Measured with the service's own metric (``workers.metrics.deletion_insertion`` with its default
+    Measured with the service's own metric (``workers.scoring.deletion_insertion`` with its default
     substrates), the protocol of every method's main faithfulness figure, so the product's figures
     are those of the job's main figure and all methods compare on one protocol.
 

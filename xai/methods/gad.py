@@ -58,7 +58,7 @@ DESIGN_CHOICES = {
     ),
     "rc": (
         "area of the convex hull of the top hull_top_fraction pixels of the GAD map over that of the "
-        "base map (workers.metrics.complexity, pixels as unit squares)"
+        "base map (workers.scoring.complexity, pixels as unit squares)"
     ),
     "rs": (
         "|p_t(I) - p_t(I * (1 - M))| / sum(M) with p_t the softmax probability of the target class, "

@@ -1,4 +1,4 @@
-"""Known-answer tests of workers.metrics: prediction, deletion/insertion, complexity, localisation."""
+"""Known-answer tests of workers.scoring: prediction, deletion/insertion, complexity, localisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from workers.metrics import (
+from workers.scoring import (
     EmptyAnnotation,
     complexity,
     deletion_insertion,
