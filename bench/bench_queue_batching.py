@@ -28,7 +28,7 @@ from models.store import ModelStore  # noqa: E402
 from models.training.demo import DEMOS  # noqa: E402
 from service.main import create_app  # noqa: E402
 from workers.main import run_worker  # noqa: E402
-from xai.embedded import EmbeddedRedis  # noqa: E402
+from app.embedded import EmbeddedRedis  # noqa: E402
 from xai.settings import Settings  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 A thin layer over ``xai.imaging`` (which holds every decoding rule): it enforces the upload size
 first, so an oversized body never reaches a decoder. The storage encoding of the canonical image,
-shared with the workers, is ``xai.canonical``. Decoding is CPU work: the gateway
+shared with the workers, is ``xai.wire``. Decoding is CPU work: the gateway
 calls ``ingest_upload`` off the event loop (``starlette.concurrency.run_in_threadpool``).
 Torch is never imported here.
 """

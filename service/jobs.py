@@ -20,7 +20,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
-from xai.canonical import encode_canonical
+from xai.wire import encode_canonical
 from xai.errors import NotFound
 from xai.jobs import (
     Stage,

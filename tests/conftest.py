@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from xai.embedded import EmbeddedRedis
+from app.embedded import EmbeddedRedis
+from models import DEMO_DIR, SHARED_DATA  # noqa: F401 - re-exported to the test modules
 from xai.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_DIR = REPO / "models" / "demo"
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)

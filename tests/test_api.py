@@ -285,7 +285,7 @@ def test_killed_worker_leaves_the_job_failed_with_a_reason(client, settings):
     job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params=params).json()["job_id"]
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
-    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
     try:
         _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "started", 60)
     finally:
@@ -397,7 +397,7 @@ def test_a_running_long_job_shows_progress_and_stops_when_canceled(client, setti
     job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params=params).json()["job_id"]
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "PATH": "/usr/bin:/bin"}
-    worker = subprocess.Popen([sys.executable, "-m", "xai.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
     try:
         running = _wait_for(lambda: _progressing(client, job_id), 90)
         assert running["stage"] == "explaining" and "iteration" in running["note"]

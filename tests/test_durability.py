@@ -8,7 +8,7 @@ from models.store import ModelStore
 from service.main import create_app
 from tests.conftest import DEMO_DIR
 from tests.test_api import MODEL, mnist_digit, png, submit, work
-from xai.embedded import EmbeddedRedis
+from app.embedded import EmbeddedRedis
 from xai.settings import Settings
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.ingest import ingest_upload, limits_from_settings
-from xai.canonical import decode_canonical, encode_canonical
+from xai.wire import decode_canonical, encode_canonical
 from xai.errors import ServiceError
 from xai.imaging import DecodeLimits, decode_image
 from xai.settings import Settings
@@ -85,8 +85,8 @@ def test_imaging_and_ingest_never_import_torch():
         "import xai.imaging, service.ingest\n"
         "data = open('examples/00000211_019_jpeg2000_lossless.dcm', 'rb').read()\n"
         "image = service.ingest.ingest_upload(data, limits=xai.imaging.DecodeLimits())\n"
-        "import xai.canonical\n"
-        "xai.canonical.decode_canonical(xai.canonical.encode_canonical(image.pixels))\n"
+        "import xai.wire\n"
+        "xai.wire.decode_canonical(xai.wire.encode_canonical(image.pixels))\n"
         "xai.imaging.decode_annotation(b'[[0, 0, 4, 4]]', shape=image.pixels.shape)\n"
         "heavy = {'torch', 'torchvision', 'captum'}\n"
         "heavy = sorted(name for name in sys.modules if name.split('.')[0] in heavy)\n"

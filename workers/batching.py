@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from models.preprocess import to_model_input
 from workers.explain import JobSettings, MethodResult, run_method
 from workers.runtime import LoadedModel
-from xai.canonical import decode_canonical
+from xai.wire import decode_canonical
 from xai.jobs import EXPLAIN_ENTRY, input_key
 
 _READY: OrderedDict[str, MethodResult] = OrderedDict()

@@ -24,7 +24,7 @@ from models.store import ModelStore
 from workers import batching, render
 from workers.explain import explain_image
 from workers.runtime import JobProgress, ModelCache, pick_device
-from xai.canonical import decode_canonical
+from xai.wire import decode_canonical
 from xai.errors import JobCancelled, NotFound, ServiceError
 from xai.jobs import Stage, annotation_key, input_key, result_index_key, result_key
 from xai.settings import Settings, get_settings

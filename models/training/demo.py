@@ -34,12 +34,12 @@ from models.training.classifier import (
     save_model_folder,
     train_classifier,
 )
+from models import DEMO_DIR, SHARED_DATA
 from models.training.data import read_image
 from xai.errors import InvalidInput
 from xai.imaging import DecodeLimits
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+DEFAULT_DATA_ROOT = SHARED_DATA
 # How a demo model is rebuilt (the CLI wraps build_demo); recorded in each manifest.
 _COMMAND = "xai train demo --name"
 

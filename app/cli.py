@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from xai import logs
+from app import logs
+from models import DEMO_DIR
 from xai.jobs import QUEUES
 from xai.settings import Settings
 
-log = logging.getLogger("xai.cli")
-DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+log = logging.getLogger("app.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("folder", type=Path)
     register.set_defaults(run=_register)
 
-    from xai.training_cli import add_train_commands
+    from app.training_cli import add_train_commands
 
     add_train_commands(commands)
     return parser
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args, settings: Settings) -> int:
     """Start everything locally and keep it running; Ctrl-C stops it all."""
-    from xai.embedded import EmbeddedRedis
+    from app.embedded import EmbeddedRedis
     from models.store import ModelStore
 
     settings = _with_bind(settings, args)
@@ -90,7 +90,7 @@ def _serve(args, settings: Settings) -> int:
     }
     commands = {f"worker-{q}": ["worker", "--queues", q] for q in QUEUES} | {"gateway": ["gateway"]}
     try:
-        _supervise({name: [sys.executable, "-m", "xai.cli", *cmd] for name, cmd in commands.items()}, env)
+        _supervise({name: [sys.executable, "-m", "app.cli", *cmd] for name, cmd in commands.items()}, env)
     finally:
         if redis:
             redis.stop()

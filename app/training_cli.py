@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from models import DEMO_DIR, SHARED_DATA
 from xai.settings import Settings
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def add_train_commands(commands) -> None:
@@ -58,8 +58,6 @@ def _train_classifier(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_demo(args: argparse.Namespace, settings: Settings) -> int:
     from models.training.demo import build_demo
-    from xai.cli import DEMO_DIR
-
     out = args.out or DEMO_DIR / args.name
     build_demo(args.name, args.data_root, out)
     print(f"wrote {out}")
