@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from models import DEMO_DIR, SHARED_DATA
@@ -66,21 +67,23 @@ def _train_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_artifacts(args: argparse.Namespace, settings: Settings) -> int:
     """Run the same training the train queue runs, in this process, printing progress."""
-    from workers.jobs import WorkerContext
+    from workers.runtime import WorkerContext
     from workers.training import train_artifacts
+    from xai.jobs import TrainJob
 
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
     context = WorkerContext(settings, connection=None)
-    request = {"method": args.method, "model_id": args.model, "model_version": args.version,
-               "data": str(args.data.resolve()), "params": json.loads(args.params), "target_class": args.target_class}
+    request = TrainJob(job_id="local", submitted_at=time.time(), method=args.method, model_id=args.model,
+                       model_version=args.version, data=str(args.data.resolve()), params=json.loads(args.params),
+                       target_class=args.target_class)
     result = train_artifacts(context, request, _PrintedProgress())
     print(json.dumps(result, indent=2))
     return 0
 
 
 class _PrintedProgress:
-    """The JobProgress interface for a terminal: stages and notes printed as they come."""
+    """The GroupProgress interface for a terminal: stages and notes printed as they come."""
 
     def stage(self, stage, span=None) -> None:
         print(f"[{stage.value}]", flush=True)

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from xai.methods import CATALOGUE
+
 MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
@@ -89,3 +91,12 @@ class ModelManifest(BaseModel):
         if target in self.class_names:
             return self.class_names.index(target)
         raise ValueError(f"target {target!r} is not a class of this model; valid: {', '.join(self.class_names)}")
+
+    def available_methods(self) -> list[str]:
+        """Methods this model can be explained with now: artifacts trained, target layer named."""
+        return [
+            name
+            for name, spec in CATALOGUE.items()
+            if (not spec.needs_artifacts or name in self.artifacts)
+            and (not spec.needs_target_layer or self.target_layer)
+        ]

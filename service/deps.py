@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from models.store import ModelStore
 from xai.errors import Forbidden, Unauthorized
 from xai.jobs import QUEUES
+from xai.results import ResultStore, open_result_store
 from xai.settings import Settings
 
 ALL_SCOPES = ("explain", "admin")
@@ -26,12 +27,14 @@ class Gateway:
     redis: Redis
     store: ModelStore
     queues: dict[str, Queue]
+    results: ResultStore
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
         redis = Redis.from_url(settings.redis_url)
         queues = {name: Queue(name, connection=redis, serializer=JSONSerializer) for name in QUEUES}
-        return cls(settings, redis, ModelStore(settings.model_store_dir), queues)
+        results = open_result_store(settings.result_store, redis, settings.result_root)
+        return cls(settings, redis, ModelStore(settings.model_store_dir), queues, results)
 
 
 @dataclass(frozen=True)

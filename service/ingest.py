@@ -9,9 +9,15 @@ Torch is never imported here.
 
 from __future__ import annotations
 
+import numpy as np
+
+from models.manifest import InputSpec
 from xai.errors import PayloadTooLarge
 from xai.imaging import DecodedImage, DecodeLimits, decode_image
+from xai.imaging.resize import fit_within, resize
+from xai.jobs import annotation_key, display_key, input_key, native_key
 from xai.settings import Settings
+from xai.wire import encode_canonical, encode_display
 
 def limits_from_settings(settings: Settings) -> DecodeLimits:
     """The decode limits configured by ``XAI_MAX_UPLOAD_BYTES``, ``XAI_MAX_PIXELS``, ``XAI_MAX_FRAMES``."""
@@ -43,3 +49,27 @@ def ingest_upload(data: bytes, *, frame: int | None = None, limits: DecodeLimits
             code="payload_too_large",
         )
     return decode_image(data, frame=frame, limits=limits)
+
+
+def job_inputs(
+    job_id: str, pixels: np.ndarray, spec: InputSpec, *, display_max_side: int, keep_native: bool,
+    annotation: np.ndarray | None = None,
+) -> dict[str, bytes]:
+    """What a job keeps of its upload until it ends, by Redis key, none of it larger than the display cap.
+
+    - the image at the model's input size, resized here exactly as the worker's torch resize would
+      (``xai.imaging.resize``), so the classifier sees what it would have seen of the full upload;
+    - a uint8 display copy at most ``display_max_side`` on the long side, for the overlay;
+    - the upload itself only for patch mode (``keep_native``), which explains it at its own resolution;
+    - the annotation at the model's input size, where localisation is scored.
+    """
+    height, width = pixels.shape[:2]
+    inputs = {
+        input_key(job_id): encode_canonical(resize(pixels, spec.height, spec.width)),
+        display_key(job_id): encode_display(resize(pixels, *fit_within(height, width, display_max_side))),
+    }
+    if keep_native:
+        inputs[native_key(job_id)] = encode_canonical(pixels)
+    if annotation is not None:
+        inputs[annotation_key(job_id)] = encode_canonical(resize(annotation.astype(np.float32), spec.height, spec.width))
+    return inputs

@@ -1,47 +1,52 @@
-"""Submitting jobs to RQ and reading them back as the public job status. Torch-free.
+"""Submitting jobs to RQ, reading them back as the public job status, serving and purging their files. Torch-free.
 
-The RQ job argument is a small JSON dict without pixels or patient data; the canonical image waits
-under its own key with a TTL. Every enqueue states its timeouts and TTLs: RQ's default failure TTL
-is a year, far too long for anything derived from a patient's image. A queued job itself never
-expires (no RQ ``ttl``): if its input has expired by the time a worker reaches it, it fails with
-``input_expired`` instead of vanishing.
+The RQ job argument is the JSON form of a typed request (``xai.jobs``), without pixels or patient
+data; the inputs wait under their own keys with a TTL. Every enqueue states its timeouts and TTLs:
+RQ's default failure TTL is a year, far too long for anything derived from a patient's image. A
+queued job itself never expires (no RQ ``ttl``): if its input has expired by the time a worker
+reaches it, it fails with ``input_expired`` instead of vanishing.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
-from redis import Redis
+from pydantic import BaseModel
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
-from xai.wire import encode_canonical
-from xai.errors import NotFound
+from xai.errors import ErrorCode, NotFound
+from xai.imaging.resize import resize
 from xai.jobs import (
+    DERIVED_HEATMAPS,
+    RAW_HEATMAP,
+    ExplainJob,
+    ExplainResult,
     Stage,
-    annotation_key,
     cancel_key,
     idempotency_key,
-    input_key,
-    result_index_key,
-    result_key,
+    input_keys,
+    observed_key,
+    parse_request,
 )
+from xai.results import JOB_ID
+from xai.wire import decode_heatmap, npy_bytes
 
-WORKER_LOST = {
-    "code": "worker_lost",
-    "message": "the worker running this job stopped (killed or crashed) before finishing; submit the request again",
-}
-TIMED_OUT = {"code": "timeout", "message": "the job ran past its time limit; try fewer steps or a smaller image"}
-FAILED = {"code": "explanation_failed", "message": "the job failed; the operators have the details in the worker log"}
+TERMINAL = ("finished", "failed", "canceled")
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def status_url(base_url: str, job_id: str) -> str:
+    """Where a caller polls a job (``base_url`` is the request's, ending in a slash)."""
+    return f"{base_url}v1/jobs/{job_id}"
 
 
 def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str) -> str | None:
@@ -56,37 +61,40 @@ def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str
 
 
 def enqueue(
-    gateway: Gateway, queue_name: str, entry: str, request: dict[str, Any], *, job_id: str, owner: str,
-    pixels=None, annotation=None,
+    gateway: Gateway, queue_name: str, entry: str, request: BaseModel, *, owner: str,
+    inputs: dict[str, bytes] | None = None, idempotency: str | None = None,
 ) -> Job:
-    """Store the inputs (if any) with a TTL, then enqueue ``entry`` by dotted path on ``queue_name``."""
+    """Store the inputs (if any) with a TTL, then enqueue ``entry`` by dotted path with the typed request."""
     settings = gateway.settings
-    with gateway.redis.pipeline() as pipe:
-        if pixels is not None:
-            pipe.set(input_key(job_id), encode_canonical(pixels), ex=settings.input_ttl_s)
-        if annotation is not None:
-            pipe.set(annotation_key(job_id), encode_canonical(annotation.astype("float32")), ex=settings.input_ttl_s)
-        pipe.execute()
-    request = {**request, "job_id": job_id, "submitted_at": time.time()}
+    if inputs:
+        with gateway.redis.pipeline(transaction=False) as pipe:
+            for key, blob in inputs.items():
+                pipe.set(key, blob, ex=settings.input_ttl_s)
+            pipe.execute()
+    meta = {"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0}
+    if idempotency:
+        meta["idempotency"] = idempotency_key(owner, idempotency)
     return gateway.queues[queue_name].enqueue(
         entry,
-        request,
-        job_id=job_id,
+        request.model_dump(mode="json"),
+        job_id=request.job_id,
         job_timeout=settings.timeout_for(queue_name),
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
-        meta={"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0},
+        meta=meta,
     )
 
 
 def fetch_owned(gateway: Gateway, job_id: str, principal: Principal) -> Job:
     """The job, if it exists and belongs to the caller; another caller's job is reported as not found."""
-    try:
-        job = Job.fetch(job_id, connection=gateway.redis, serializer=JSONSerializer)
-    except NoSuchJobError:
-        job = None
+    job = None
+    if JOB_ID.fullmatch(job_id):
+        try:
+            job = Job.fetch(job_id, connection=gateway.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            job = None
     if job is None or job.meta.get("owner") != principal.name:
-        raise NotFound(f"no job {job_id!r} (it may have expired)", code="unknown_job")
+        raise NotFound(f"no job {job_id[:64]!r} (it may have expired or been deleted)", code="unknown_job")
     return job
 
 
@@ -102,29 +110,35 @@ def public_status(job: Job, base_url: str) -> dict[str, Any]:
     """The job as the API shows it: status, progress, stage, error and, when finished, the result."""
     meta = job.get_meta(refresh=False)
     status = _public_state(job, meta)
-    request = job.args[0] if job.args else {}
+    request = parse_request(job.args[0])
     body: dict[str, Any] = {
         "job_id": job.id,
-        "kind": request.get("kind", "explanation"),
+        "kind": request.kind,
         "status": status,
         "progress": 1.0 if status == "finished" else float(meta.get("progress", 0.0)),
-        "stage": _public_stage(status, meta),
+        "stage": status if status in TERMINAL else meta.get("stage", Stage.QUEUED.value),
         "note": meta.get("note"),
         "error": _error(job, meta, status),
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
-        "request": {k: request[k] for k in ("model_id", "model_version", "methods", "target", "method") if k in request},
+        "request": request.model_dump(include={"model_id", "model_version", "methods", "target", "method"}),
         "result": None,
     }
     if status == "finished":
-        result = job.return_value()
-        files = (result or {}).get("files", [])
-        body["result"] = {
-            "metrics": {k: v for k, v in (result or {}).items() if k != "files"},
-            "files": {name: f"{base_url}v1/jobs/{job.id}/{name}" for name in files},
-        }
+        body["result"] = _public_result(request, job.return_value(), status_url(base_url, job.id) + "/")
     return body
+
+
+def _public_result(request: Any, value: dict[str, Any] | None, files_url: str) -> dict[str, Any]:
+    if not isinstance(request, ExplainJob):
+        return {"metrics": value or {}, "timing": None, "files": {}}
+    result = ExplainResult.model_validate(value)
+    return {
+        "metrics": result.metrics,
+        "timing": result.timing.model_dump(),
+        "files": {name: files_url + name for name in result.files},
+    }
 
 
 def _public_state(job: Job, meta: dict) -> str:
@@ -136,15 +150,9 @@ def _public_state(job: Job, meta: dict) -> str:
     return str(status.value if hasattr(status, "value") else status)
 
 
-def _public_stage(status: str, meta: dict) -> str:
-    if status in ("finished", "failed", "canceled"):
-        return status
-    return meta.get("stage", Stage.QUEUED.value)
-
-
 def _error(job: Job, meta: dict, status: str) -> dict[str, str] | None:
     if status == "canceled":
-        return meta.get("error") or {"code": "canceled", "message": "the job was canceled at the caller's request"}
+        return meta.get("error") or ErrorCode.CANCELED.body()
     if status != "failed":
         return None
     if meta.get("error"):
@@ -152,10 +160,10 @@ def _error(job: Job, meta: dict, status: str) -> dict[str, str] | None:
     latest = job.latest_result()
     trace = (latest.exc_string or "") if latest else ""
     if "AbandonedJobError" in trace:
-        return WORKER_LOST
+        return ErrorCode.WORKER_LOST.body()
     if "JobTimeoutException" in trace:
-        return TIMED_OUT
-    return FAILED
+        return ErrorCode.TIMEOUT.body()
+    return ErrorCode.EXPLANATION_FAILED.body()
 
 
 def _iso(moment) -> str | None:
@@ -169,18 +177,38 @@ def cancel(gateway: Gateway, job: Job) -> None:
         job.cancel()
         job.meta["stage"] = Stage.CANCELED.value
         job.save_meta()
-        gateway.redis.delete(input_key(job.id), annotation_key(job.id))
+        gateway.redis.delete(*input_keys(job.id))
     elif status == JobStatus.STARTED:
         gateway.redis.set(cancel_key(job.id), 1, ex=gateway.settings.timeout_slow_s)
 
 
-def read_file(redis: Redis, job_id: str, name: str) -> bytes:
-    blob = redis.get(result_key(job_id, name))
-    if blob is None:
-        known = sorted(n.decode() for n in redis.smembers(result_index_key(job_id)))
-        raise NotFound(
-            f"job {job_id!r} has no file {name!r}" + (f"; files: {', '.join(known)}" if known else ""),
-            code="unknown_file",
-        )
-    return blob
+def purge(gateway: Gateway, job: Job) -> None:
+    """Erase an ended job: its RQ record and results history, files, inputs, idempotency entry and flags."""
+    gateway.results.purge(job.id)
+    keys = [*input_keys(job.id), cancel_key(job.id), observed_key(job.id)]
+    if job.meta.get("idempotency"):
+        keys.append(job.meta["idempotency"])
+    gateway.redis.delete(*keys)
+    Result.delete_all(job)
+    job.delete(remove_from_queue=True, delete_dependents=False)
 
+
+def read_file(gateway: Gateway, job: Job, name: str) -> bytes:
+    """A result file of a finished explanation; the NPY heatmaps are made here from the stored float16 one.
+
+    ``heatmap_model.npy`` is the heatmap at the resolution its explainer made it; ``heatmap.npy`` is
+    that map enlarged to the input's resolution with the worker's own interpolation (bilinear).
+    """
+    request = parse_request(job.args[0])
+    if not isinstance(request, ExplainJob) or job.get_status(refresh=False) != JobStatus.FINISHED:
+        raise NotFound(f"job {job.id!r} has no result files (it is not a finished explanation)", code="unknown_file")
+    listed = ExplainResult.model_validate(job.return_value()).files
+    if name not in listed:
+        raise NotFound(f"job {job.id!r} has no file {name[:100]!r}; files: {', '.join(listed)}", code="unknown_file")
+    prefix, _, base = name.rpartition("/")
+    if base not in DERIVED_HEATMAPS:
+        return gateway.results.get(job.id, name)
+    heatmap = decode_heatmap(gateway.results.get(job.id, f"{prefix}/{RAW_HEATMAP}" if prefix else RAW_HEATMAP))
+    if base == "heatmap.npy":
+        heatmap = resize(heatmap, request.input.height, request.input.width)
+    return npy_bytes(heatmap)

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import Gateway
-from service.routes import explanations, jobs, models, system
+from service.routes import explanations, jobs, methods, models, system
 from service.telemetry import Telemetry
-from xai.errors import ServiceError
+from xai.errors import ErrorCode, ServiceError
 from xai.settings import Settings, get_settings
 
 log = logging.getLogger("xai.gateway")
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
-    for router in (system.router, models.router, explanations.router, jobs.router):
+    for router in (system.router, methods.router, models.router, explanations.router, jobs.router):
         app.include_router(router)
     return app
 
@@ -83,14 +83,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e['loc'] if p not in ('body', 'query', 'path', 'form'))}: {e['msg']}"
             for e in error.errors()
         )
-        return _error_response(request, 422, "invalid_request", problems or "the request is malformed")
+        return _error_response(request, 422, ErrorCode.INVALID_REQUEST, problems or "the request is malformed")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error_response(request, error.status_code, codes.get(error.status_code, "http_error"), str(error.detail))
+        codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+        return _error_response(request, error.status_code, codes.get(error.status_code, ErrorCode.HTTP_ERROR),
+                               str(error.detail))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error_response(request, 500, "internal_error", "an unexpected error occurred; it has been logged")
+        return _error_response(request, 500, ErrorCode.INTERNAL_ERROR, ErrorCode.INTERNAL_ERROR.message)

@@ -19,24 +19,33 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from workers import jobs
+from workers import claim, jobs
+from workers.runtime import WorkerContext
 from xai.settings import Settings
 
 log = logging.getLogger("xai.worker")
 
 
 class ExplainWorker(SimpleWorker):
-    """SimpleWorker with heartbeats during jobs and a short abandoned-job horizon."""
+    """SimpleWorker that runs compatible waiting explanation jobs as one batch, with heartbeats for all of them."""
 
-    heartbeat_s = 5
-    abandoned_after_s = 30
+    def __init__(self, queues: list[Queue], *, settings: Settings, **kwargs) -> None:
+        super().__init__(queues, **kwargs)
+        self.heartbeat_s = settings.heartbeat_s
+        self.abandoned_after_s = settings.abandoned_after_s
+        self.batch_max = settings.batch_max
+        self.batch_wait_ms = settings.batch_wait_ms
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.abandoned_after_s
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        peers = self._claim_peers(job, queue)
+        context = jobs.context()
+        context.worker_name = self.name
+        context.hand_over(job.id, peers)
         stop = threading.Event()
-        beating = threading.Thread(target=self._beat, args=(job, stop), name="heartbeat", daemon=True)
+        beating = threading.Thread(target=self._beat, args=(job, peers, stop), name="heartbeat", daemon=True)
         self.prepare_execution(job)
         beating.start()
         try:
@@ -44,12 +53,24 @@ class ExplainWorker(SimpleWorker):
         finally:
             stop.set()
             beating.join()
+            context.take_claims(job.id)
+            for peer in peers:  # only if the leader's entry point never ran: nothing else leaves one open
+                if not peer.closed:
+                    claim.fail(peer, "the batch's leader job ended before running it", self.name)
         self.set_state(WorkerStatus.IDLE)
 
-    def _beat(self, job: Job, stop: threading.Event) -> None:
+    def _claim_peers(self, job: Job, queue: Queue) -> list[claim.Claim]:
+        key = claim.batch_key_of(job) if self.batch_max > 1 else None
+        if key is None:
+            return []
+        return claim.claim_compatible(queue, key, self.batch_max - 1, wait_ms=self.batch_wait_ms,
+                                      worker_name=self.name, heartbeat_ttl=self.abandoned_after_s)
+
+    def _beat(self, job: Job, peers: list[claim.Claim], stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
             try:
                 self.maintain_heartbeats(job)
+                claim.heartbeat(peers, self.abandoned_after_s, self.connection)
             except Exception:  # a missed beat must not kill the job; the next one may succeed
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
 
@@ -57,16 +78,15 @@ class ExplainWorker(SimpleWorker):
 def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, name: str | None = None) -> bool:
     """Preload the worker context (device, model cache), then work the queues until stopped."""
     connection = Redis.from_url(settings.redis_url)
-    context = jobs.WorkerContext(settings, connection)
+    context = WorkerContext(settings, connection)
     jobs.install_context(context)
     log.info("worker on %s for queues %s", context.device, ",".join(queues))
     worker = ExplainWorker(
         [Queue(name, connection=connection, serializer=JSONSerializer) for name in queues],
+        settings=settings,
         connection=connection,
         serializer=JSONSerializer,
         name=name,
         maintenance_interval=settings.abandoned_after_s,
     )
-    worker.heartbeat_s = settings.heartbeat_s
-    worker.abandoned_after_s = settings.abandoned_after_s
     return worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)

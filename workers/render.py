@@ -1,4 +1,9 @@
-"""Turn a heatmap into the files a caller downloads: colour PNG, overlay PNG, raw NPY. Torch-free."""
+"""Turn a heatmap into the images a caller downloads, at a bounded display size. Torch-free.
+
+The heatmap stays at the resolution its explainer made it; the colour PNG and the overlay are drawn
+at the display copy's size (at most ``XAI_DISPLAY_MAX_SIDE`` on the long side), so what a job costs
+to render and keep does not grow with the input.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from xai.imaging.resize import resize
 
 # Turbo colormap (Mikhailov, Google 2019) as its published polynomial fit: perceptually ordered,
 # unlike jet, and needs no plotting library in the worker image.
@@ -16,6 +23,13 @@ _TURBO = np.array(
         [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
     ]
 )
+# The polynomial evaluated once at 256 levels: colouring a map is then one table look-up per pixel.
+_LEVELS = np.linspace(0.0, 1.0, 256)[:, None]
+TURBO_LUT = (np.clip(np.concatenate([_LEVELS**k for k in range(6)], axis=1) @ _TURBO.T, 0, 1) * 255 + 0.5).astype(
+    np.uint8
+)
+# zlib level 1: about 5x faster than Pillow's default 6 on a 1024 px overlay, for ~15% larger files.
+_PNG_LEVEL = 1
 
 
 def normalise(heatmap: np.ndarray) -> np.ndarray:
@@ -29,29 +43,30 @@ def normalise(heatmap: np.ndarray) -> np.ndarray:
 
 def colourise(heatmap: np.ndarray) -> np.ndarray:
     """H x W heatmap -> H x W x 3 uint8 with the turbo colormap (low = blue, high = red)."""
-    x = normalise(heatmap)[..., None]
-    powers = np.concatenate([x**k for k in range(6)], axis=-1)
-    rgb = np.clip(powers @ _TURBO.T, 0.0, 1.0)
-    return (rgb * 255 + 0.5).astype(np.uint8)
+    return TURBO_LUT[(normalise(heatmap) * 255 + 0.5).astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend the colour heatmap over the canonical image (H x W or H x W x 3 in [0, 1])."""
-    base = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
-    blended = (1 - alpha) * base + alpha * colourise(heatmap).astype(np.float32) / 255
-    return (np.clip(blended, 0, 1) * 255 + 0.5).astype(np.uint8)
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend colourised heatmap pixels over an image of the same size (H x W or H x W x 3 in [0, 1])."""
+    base = image if image.ndim == 3 else image[..., None]
+    blended = (1 - alpha) * 255 * base + alpha * colours.astype(np.float32)
+    return (np.clip(blended, 0, 255) + 0.5).astype(np.uint8)
+
+
+def heatmap_images(heatmap: np.ndarray, display: np.ndarray) -> dict[str, bytes]:
+    """``heatmap.png`` and ``overlay.png``: the map enlarged (or shrunk) to the display copy's size.
+
+    Normalised before resizing, so the colours span the map's own range whatever the display size.
+    """
+    height, width = display.shape[:2]
+    colours = colourise(resize(normalise(heatmap), height, width))
+    return {"heatmap.png": png_bytes(colours), "overlay.png": png_bytes(overlay(display, colours))}
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """uint8 H x W or H x W x 3, or float in [0, 1], as PNG bytes."""
+    """uint8 H x W or H x W x 3, or float in [0, 1], as PNG bytes (fast compression)."""
     if pixels.dtype != np.uint8:
         pixels = (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array.astype(np.float32), allow_pickle=False)
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=_PNG_LEVEL)
     return buffer.getvalue()

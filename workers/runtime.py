@@ -1,4 +1,4 @@
-"""What a worker process keeps between jobs: its device, resident models, and the progress channel."""
+"""What a worker process keeps between jobs (its device, resident models, result store) and the progress channel."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from models.manifest import ModelManifest
 from models.store import ModelStore
 from xai.errors import JobCancelled
 from xai.jobs import Stage, cancel_key
+from xai.results import open_result_store
+from xai.settings import Settings
 
 
 def pick_device(setting: str) -> torch.device:
@@ -64,18 +66,25 @@ class ModelCache:
         return loaded, False
 
 
-class JobProgress:
-    """Writes progress, stage and a note into the RQ job's meta, and turns a cancel request into JobCancelled.
+class GroupProgress:
+    """Progress, stage and note of the jobs of one batch, written into each RQ job's meta.
 
-    Saves are throttled so a tight optimisation loop does not flood Redis; stage changes always save.
+    Every job of a batch is at the same point, so one call updates them all (in one Redis round
+    trip). Progress never goes backwards: a stage entered later that maps onto an earlier part of
+    the span is shown at the furthest point reached. A cancel request for a job marks it in
+    ``canceled``; the batch goes on for the others, and stops (``JobCancelled``) once every job of it
+    is canceled. Saves are throttled so a tight optimisation loop does not flood Redis; stage
+    changes always save.
     """
 
-    def __init__(self, job: Job | None, connection: Redis, min_interval_s: float = 0.5):
-        self.job = job
+    def __init__(self, jobs: list[Job], connection: Redis | None, min_interval_s: float = 0.5):
+        self.jobs = jobs
         self.connection = connection
         self.min_interval_s = min_interval_s
+        self.canceled: set[str] = set()
         self._last_save = 0.0
         self._span = (0.0, 1.0)
+        self._reached = 0.0
 
     def stage(self, stage: Stage, span: tuple[float, float] | None = None) -> None:
         """Enter a stage; ``span`` maps the stage's own 0..1 progress onto a part of the job's."""
@@ -87,15 +96,47 @@ class JobProgress:
         start, end = self._span
         self._save(progress=start + (end - start) * min(max(fraction, 0.0), 1.0), note=note)
 
-    def _save(self, *, force: bool = False, **fields) -> None:
-        if self.job is None:
+    def _save(self, *, progress: float, force: bool = False, **fields: str | None) -> None:
+        if not self.jobs or self.connection is None:
             return
-        # Checked on every call, so a cancel stops a long method within one of its iterations.
-        if self.connection.exists(cancel_key(self.job.id)):
-            raise JobCancelled(self.job.id)
+        self._check_cancel()  # on every call, so a cancel stops a long method within one of its iterations
         now = time.monotonic()
         if not force and now - self._last_save < self.min_interval_s:
             return
         self._last_save = now
-        self.job.meta.update({k: v for k, v in fields.items() if v is not None})
-        self.job.save_meta()
+        self._reached = max(self._reached, progress)
+        update = {"progress": round(self._reached, 4)} | {k: v for k, v in fields.items() if v is not None}
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job in self.jobs:
+                if job.id not in self.canceled:
+                    job.meta.update(update)
+                    pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+            pipe.execute()
+
+    def _check_cancel(self) -> None:
+        flags = self.connection.mget([cancel_key(job.id) for job in self.jobs])
+        self.canceled |= {job.id for job, flag in zip(self.jobs, flags, strict=True) if flag is not None}
+        if len(self.canceled) == len(self.jobs):
+            raise JobCancelled(", ".join(sorted(self.canceled)))
+
+
+class WorkerContext:
+    """Everything a worker process keeps resident between jobs: settings, Redis, models, the result store."""
+
+    def __init__(self, settings: Settings, connection: Redis | None):
+        self.settings = settings
+        self.connection = connection
+        self.store = ModelStore(settings.model_store_dir)
+        self.device = pick_device(settings.device)
+        self.models = ModelCache(self.store, self.device, settings.model_cache_size)
+        self.results = (open_result_store(settings.result_store, connection, settings.result_root)
+                        if connection is not None else None)
+        self.worker_name = ""
+        # Jobs the worker claimed to run with a leader job, by the leader's id, until its entry point takes them.
+        self._claims: dict[str, list] = {}
+
+    def hand_over(self, leader_id: str, claims: list) -> None:
+        self._claims[leader_id] = claims
+
+    def take_claims(self, leader_id: str) -> list:
+        return self._claims.pop(leader_id, [])

@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from models.guard import model_left_as_found
-from xai.errors import InvalidInput
+from xai.errors import ErrorCode, InvalidInput
 
 Substrate = Literal["blur", "zero", "mean"]
 ScoreFunction = Literal["softmax", "logit"]
@@ -45,7 +45,7 @@ IOU_PERCENTILES = (85, 90, 95, 98)
 class EmptyAnnotation(InvalidInput, ValueError):
     """The ground-truth mask has no foreground pixel, so IoU and NCC are undefined."""
 
-    code = "empty_annotation"
+    code = ErrorCode.EMPTY_ANNOTATION
 
 
 def prediction(model: nn.Module, image: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
@@ -65,19 +65,27 @@ def prediction(model: nn.Module, image: torch.Tensor, class_names: Sequence[str]
             per class name.
     """
     _check_single_image(image)
+    return predictions(model, image, class_names)[0]
+
+
+def predictions(model: nn.Module, images: torch.Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """``prediction`` of each image of a ``B x C x H x W`` batch, in one forward pass."""
     with model_left_as_found(model), torch.inference_mode():
-        logits = model(image)
-    if logits.shape != (1, len(class_names)):
+        logits = model(images)
+    if logits.shape != (images.shape[0], len(class_names)):
         raise ValueError(
-            f"model returned logits of shape {tuple(logits.shape)}, expected (1, {len(class_names)})"
+            f"model returned logits of shape {tuple(logits.shape)}, expected ({images.shape[0]}, {len(class_names)})"
         )
-    probabilities = logits[0].float().softmax(dim=0).cpu()
+    return [_prediction_of(row.float().softmax(dim=0).cpu(), class_names) for row in logits]
+
+
+def _prediction_of(probabilities: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     predicted = int(probabilities.argmax())
     return {
         "class": predicted,
         "class_name": class_names[predicted],
         "score": float(probabilities[predicted]),
-        "probabilities": {name: float(p) for name, p in zip(class_names, probabilities)},
+        "probabilities": {name: float(p) for name, p in zip(class_names, probabilities, strict=True)},
     }
 
 
@@ -124,36 +132,66 @@ def deletion_insertion(
         ValueError: shapes do not match, the heatmap is not finite, or an option is unknown.
     """
     _check_single_image(image)
-    heatmap = torch.as_tensor(heatmap).to(image.device)
-    _check_heatmap(heatmap, tuple(image.shape[-2:]))
+    return deletion_insertion_batch(
+        model, image, torch.as_tensor(heatmap)[None], [target], steps=steps, deletion_baseline=deletion_baseline,
+        insertion_start=insertion_start, score=score, batch_size=batch_size,
+    )[0]
+
+
+def deletion_insertion_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    heatmaps: torch.Tensor,
+    targets: Sequence[int],
+    *,
+    steps: int = 50,
+    deletion_baseline: Substrate = "blur",
+    insertion_start: Substrate = "blur",
+    score: ScoreFunction = "softmax",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """``deletion_insertion`` of each image of a ``B x C x H x W`` batch with its ``H x W`` heatmap.
+
+    The perturbed states of all images share forward passes of ``batch_size``, so B small jobs cost
+    about as many passes as their states fill, not B times a partly filled last pass each.
+    """
+    heatmaps = torch.as_tensor(heatmaps).to(images.device)
+    if images.ndim != 4 or heatmaps.shape[0] != images.shape[0] or len(targets) != images.shape[0]:
+        raise ValueError(f"expected B images, B heatmaps and B targets, got {tuple(images.shape)}, "
+                         f"{tuple(heatmaps.shape)} and {len(targets)}")
+    for heatmap in heatmaps:
+        _check_heatmap(heatmap, tuple(images.shape[-2:]))
     _check_choice("score", score, SCORE_FUNCTIONS)
     _check_choice("deletion_baseline", deletion_baseline, SUBSTRATES)
     _check_choice("insertion_start", insertion_start, SUBSTRATES)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
 
-    n_pixels = heatmap.numel()
+    n_pixels = heatmaps[0].numel()
     steps = min(steps, n_pixels)
-    ranks = _pixel_ranks(heatmap)
-    counts = torch.linspace(0, n_pixels, steps + 1, device=image.device).round().long()
+    ranks = torch.stack([_pixel_ranks(heatmap) for heatmap in heatmaps])
+    counts = torch.linspace(0, n_pixels, steps + 1, device=images.device).round().long()
     fractions = counts.double().cpu() / n_pixels
+    target_index = torch.as_tensor(list(targets), device=images.device)
 
     with model_left_as_found(model), torch.inference_mode():
-        deletion_curve = _score_curve(
-            model, image, _substrate(image, deletion_baseline), ranks, counts, target, score, batch_size
-        )
-        insertion_curve = _score_curve(
-            model, _substrate(image, insertion_start), image, ranks, counts, target, score, batch_size
-        )
+        deletion = _score_curves(model, images, _substrate(images, deletion_baseline), ranks, counts,
+                                 target_index, score, batch_size)
+        insertion = _score_curves(model, _substrate(images, insertion_start), images, ranks, counts,
+                                  target_index, score, batch_size)
 
-    return {
-        "deletion_auc": float(torch.trapezoid(deletion_curve, fractions)),
-        "insertion_auc": float(torch.trapezoid(insertion_curve, fractions)),
-        "fractions": fractions.tolist(),
-        "deletion_curve": deletion_curve.tolist(),
-        "insertion_curve": insertion_curve.tolist(),
-        "settings": _faithfulness_settings(image, steps, deletion_baseline, insertion_start, score),
-    }
+    settings = _faithfulness_settings(images, steps, deletion_baseline, insertion_start, score)
+    return [
+        {
+            "deletion_auc": float(torch.trapezoid(deletion_curve, fractions)),
+            "insertion_auc": float(torch.trapezoid(insertion_curve, fractions)),
+            "fractions": fractions.tolist(),
+            "deletion_curve": deletion_curve.tolist(),
+            "insertion_curve": insertion_curve.tolist(),
+            "settings": settings,
+        }
+        for deletion_curve, insertion_curve in zip(deletion, insertion, strict=True)
+    ]
 
 
 def complexity(heatmap: np.ndarray | torch.Tensor, top_fraction: float = 0.5) -> dict[str, Any]:
@@ -239,24 +277,27 @@ def localization(heatmap: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Te
     return figures
 
 
-def _score_curve(
+def _score_curves(
     model: nn.Module,
     start: torch.Tensor,
     end: torch.Tensor,
     ranks: torch.Tensor,
     counts: torch.Tensor,
-    target: int,
+    targets: torch.Tensor,
     score: ScoreFunction,
     batch_size: int,
 ) -> torch.Tensor:
-    """Target score of each state k: pixels ranked below ``counts[k]`` from ``end``, others from ``start``."""
+    """B x K target scores: state k of image b has its pixels ranked below ``counts[k]`` from ``end``."""
+    n_states = counts.numel()
+    pairs = torch.arange(start.shape[0] * n_states, device=start.device)
     scores = []
-    for chunk in counts.split(batch_size):
-        changed = ranks[None, None] < chunk[:, None, None, None]  # k x 1 x H x W, broadcast over channels
-        logits = model(torch.where(changed, end, start)).float()
+    for chunk in pairs.split(batch_size):
+        image, state = chunk // n_states, chunk % n_states
+        changed = ranks[image, None] < counts[state, None, None, None]  # n x 1 x H x W, broadcast over channels
+        logits = model(torch.where(changed, end[image], start[image])).float()
         outputs = logits.softmax(dim=1) if score == "softmax" else logits
-        scores.append(outputs[:, target].double().cpu())
-    return torch.cat(scores)
+        scores.append(outputs[torch.arange(len(chunk)), targets[image]].double().cpu())
+    return torch.cat(scores).view(start.shape[0], n_states)
 
 
 def _pixel_ranks(heatmap: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ from typing import Any
 from models.training.data import load_image_folder
 from workers.explainers.base import Progress
 from xai.errors import InvalidInput
-from xai.jobs import Stage
+from workers.runtime import GroupProgress, WorkerContext
+from xai.jobs import Stage, TrainJob
 from xai.methods import get_trainable
 
 # method -> the module whose train() produces its artifact
@@ -24,15 +25,15 @@ TRAINERS = {
 }
 
 
-def train_artifacts(ctx, request: dict[str, Any], progress) -> dict[str, Any]:
-    """Train ``request["method"]`` for a model version on a data folder and record the artifact."""
-    method = request["method"]
-    params = get_trainable(method).resolve_params(request.get("params") or {})
+def train_artifacts(ctx: WorkerContext, request: TrainJob, progress: GroupProgress) -> dict[str, Any]:
+    """Train ``request.method`` for a model version on a data folder and record the artifact."""
+    method = request.method
+    params = get_trainable(method).resolve_params(request.params)
     progress.stage(Stage.LOADING_MODEL, (0.0, 0.02))
-    loaded, _ = ctx.models.get(request["model_id"], request["model_version"])
+    loaded, _ = ctx.models.get(request.model_id, request.model_version)
     manifest = loaded.manifest
     progress.stage(Stage.PREPROCESSING, (0.02, 0.05))
-    images, _, paths = load_image_folder(Path(request["data"]), manifest.input)
+    images, _, paths = load_image_folder(Path(request.data), manifest.input)
     if len(paths) < 2:
         raise InvalidInput(f"the training folder holds {len(paths)} readable image(s); it needs many more",
                            code="invalid_training_data")
@@ -40,7 +41,7 @@ def train_artifacts(ctx, request: dict[str, Any], progress) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     progress.stage(Stage.TRAINING, (0.05, 0.99))
     summary = train_method(method, loaded.classifier, images, work_dir, params, progress, ctx.device,
-                           request.get("target_class"))
+                           request.target_class)
     ctx.store.add_artifact(manifest.id, manifest.version, method, work_dir / "artifact")
     return {"model_id": manifest.id, "version": manifest.version, "method": method, "summary": summary}
 

@@ -1,78 +1,205 @@
-"""Typed errors with stable codes, carried from the first layer that detects them to the HTTP body.
+"""Every stable error code, with its HTTP status and message, and the typed errors that carry them.
 
-Every error a caller can cause has a code here; the gateway renders it as
-``{"error": {"code": ..., "message": ...}}`` with the HTTP status given by the class.
-Workers store the same code and message on a failed job.
+``ErrorCode`` is the one list of codes: the gateway renders an error as
+``{"error": {"code": ..., "message": ...}}`` with the code's HTTP status, workers store the same
+pair on a failed job, and the README's error table is generated from it (``python -m xai.errors``;
+a test keeps the two equal). A raise site may give a more specific message than the code's own;
+it may not invent a code (``ErrorCode(value)`` refuses an unknown one).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """A stable error code: ``value`` is what callers see; ``http_status`` and ``message`` go with it."""
+
+    http_status: int
+    message: str
+    group: str
+
+    def __new__(cls, value: str, http_status: int, group: str, message: str) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.http_status = http_status
+        member.group = group
+        member.message = message
+        return member
+
+    # The request
+    INVALID_REQUEST = "invalid_request", 422, "request", "a field is missing or malformed (the message names it)"
+    INVALID_PARAMS = "invalid_params", 422, "request", "a method parameter is unknown, of the wrong type or out of range"
+    INVALID_TARGET = "invalid_target", 422, "request", "the target is not a class index or name of the model"
+    INVALID_QUALITY = "invalid_quality", 422, "request", "an unknown quality metric was asked for"
+    UNKNOWN_METHOD = "unknown_method", 422, "request", "no such method; GET /v1/methods lists them"
+    NOT_TRAINABLE = "not_trainable", 422, "request", "the method has no per-model artifacts to train"
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405, "request", "this path does not answer that HTTP method"
+    NOT_FOUND = "not_found", 404, "request", "no such route"
+    HTTP_ERROR = "http_error", 400, "request", "the HTTP request is malformed"
+    # The upload
+    EMPTY_FILE = "empty_file", 422, "upload", "the uploaded file is empty"
+    CORRUPT_IMAGE = "corrupt_image", 422, "upload", "the upload is truncated or corrupt"
+    UNSUPPORTED_FORMAT = "unsupported_format", 415, "upload", \
+        "not PNG, JPEG, TIFF or DICOM (sniffed from the bytes, never the file name)"
+    DICOM_NO_PIXEL_DATA = "dicom_no_pixel_data", 422, "upload", "the DICOM instance has no (7FE0,0010) Pixel Data"
+    DICOM_TRUNCATED_PIXEL_DATA = "dicom_truncated_pixel_data", 422, "upload", \
+        "the DICOM Pixel Data is shorter than its rows, columns and bits say"
+    DICOM_UNSUPPORTED_TRANSFER_SYNTAX = "dicom_unsupported_transfer_syntax", 415, "upload", \
+        "the DICOM transfer syntax cannot be decoded here (the message names it)"
+    DICOM_UNSUPPORTED_PHOTOMETRIC = "dicom_unsupported_photometric", 415, "upload", \
+        "the DICOM photometric interpretation is not supported (the message names it)"
+    FRAME_OUT_OF_RANGE = "frame_out_of_range", 422, "upload", "frame is beyond (0028,0008) Number of Frames"
+    INVALID_IMAGE_SHAPE = "invalid_image_shape", 422, "upload", "the image is neither grey nor RGB"
+    INVALID_ANNOTATION = "invalid_annotation", 422, "upload", \
+        "boxes are not [[x, y, w, h], ...] inside the image, or the mask has another shape"
+    EMPTY_ANNOTATION = "empty_annotation", 422, "upload", "the annotation marks no pixel"
+    PAYLOAD_TOO_LARGE = "payload_too_large", 413, "upload", "the upload is larger than XAI_MAX_UPLOAD_BYTES"
+    IMAGE_TOO_LARGE = "image_too_large", 413, "upload", "the image has more pixels than XAI_MAX_PIXELS"
+    TOO_MANY_FRAMES = "too_many_frames", 413, "upload", "the DICOM has more frames than XAI_MAX_FRAMES"
+    IMAGE_SMALLER_THAN_PATCH = "image_smaller_than_patch", 422, "upload", \
+        "patch mode needs an image larger than the model's input"
+    # Lookups
+    UNKNOWN_MODEL = "unknown_model", 404, "lookup", "no model registered under that id"
+    UNKNOWN_MODEL_VERSION = "unknown_model_version", 404, "lookup", "the model has no such version"
+    UNKNOWN_JOB = "unknown_job", 404, "lookup", "no such job for this API key (it may have expired or been deleted)"
+    UNKNOWN_FILE = "unknown_file", 404, "lookup", "the job has no such result file (the message lists its files)"
+    UNKNOWN_DEMO = "unknown_demo", 422, "lookup", "no shipped demo model of that name"
+    # The model and its artifacts
+    METHOD_UNAVAILABLE = "method_unavailable", 409, "model", \
+        "the model lacks the method's artifacts (train them) or a target layer"
+    MODEL_NOT_READY = "model_not_ready", 409, "model", "the model is still being validated, or was found invalid"
+    INVALID_MANIFEST = "invalid_manifest", 422, "model", "the registration manifest does not validate"
+    UNKNOWN_ARCHITECTURE = "unknown_architecture", 422, "model", "the manifest names an architecture not offered"
+    INVALID_ARCHITECTURE_ARGS = "invalid_architecture_args", 422, "model", "the architecture's arguments are invalid"
+    WEIGHTS_UNREADABLE = "weights_unreadable", 422, "model", "the weights file is neither a state_dict nor TorchScript"
+    WEIGHTS_DO_NOT_MATCH_ARCHITECTURE = "weights_do_not_match_architecture", 422, "model", \
+        "the weights do not fit the architecture"
+    WEIGHTS_CHECKSUM_MISMATCH = "weights_checksum_mismatch", 500, "model", \
+        "the stored weights no longer match their recorded sha256"
+    WRONG_NUMBER_OF_OUTPUTS = "wrong_number_of_outputs", 422, "model", \
+        "the model's output width differs from its class names"
+    MODEL_FORWARD_FAILED = "model_forward_failed", 422, "model", "the model raised an error on an input of its spec"
+    NON_FINITE_OUTPUT = "non_finite_output", 422, "model", "the model produced NaN or infinite outputs"
+    UNKNOWN_LAYER = "unknown_layer", 422, "model", "the manifest's target layer is not in the network"
+    TARGET_LAYER_REQUIRED = "target_layer_required", 422, "model", "a CAM method needs a target layer in the manifest"
+    METHOD_UNSUPPORTED_BY_MODEL = "method_unsupported_by_model", 422, "model", \
+        "the method cannot run on this network (the message says why)"
+    TARGET_OUT_OF_RANGE = "target_out_of_range", 422, "model", "the target class index is beyond the model's classes"
+    CLASS_NOT_PREDICTED = "class_not_predicted", 422, "model", \
+        "a one-vs-rest method was asked for a class outside its trained pair"
+    ARTIFACT_MISSING = "artifact_missing", 409, "model", "the method's trained artifact is missing"
+    ARTIFACT_UNREADABLE = "artifact_unreadable", 500, "model", "the method's trained artifact cannot be read"
+    ARTIFACT_MISMATCH = "artifact_mismatch", 409, "model", \
+        "the artifact was trained for other model weights; train it again"
+    ARTIFACT_INPUT_MISMATCH = "artifact_input_mismatch", 422, "model", \
+        "the artifact was trained at another input size or channel count"
+    GAD_NOT_TRAINED = "gad_not_trained", 409, "model", "GAD support models are not trained for this model"
+    GAD_ARTIFACT_UNREADABLE = "gad_artifact_unreadable", 409, "model", "the GAD support models cannot be read"
+    GAD_ARTIFACT_MISMATCH = "gad_artifact_mismatch", 409, "model", \
+        "the GAD support models were trained for other model weights"
+    TARGET_NOT_IN_CLASS_PAIR = "target_not_in_class_pair", 409, "model", \
+        "the target is outside the class pair the artifact was trained on"
+    BASE_METHOD_UNSUPPORTED = "base_method_unsupported", 422, "model", "GAD cannot use that base method"
+    # Training
+    INVALID_TRAINING_DATA = "invalid_training_data", 422, "training", \
+        "'data' must name a readable folder of images under the training data root"
+    INVALID_TRAINING_IMAGES = "invalid_training_images", 422, "training", "the training images cannot be used"
+    NO_IMAGES = "no_images", 422, "training", "the training folder holds no readable image"
+    UNLABELLED_IMAGES = "unlabelled_images", 422, "training", "images lie outside the per-class sub-folders"
+    TOO_FEW_CLASSES = "too_few_classes", 422, "training", "a classifier needs at least two class folders"
+    INVALID_CLASS_PAIR = "invalid_class_pair", 422, "training", "the class pair is not two distinct classes"
+    CLASS_PAIR_REQUIRED = "class_pair_required", 422, "training", "a multi-class model needs a class pair"
+    TARGET_CLASS_REQUIRED = "target_class_required", 422, "training", \
+        "a multi-class model needs target_class for one-vs-rest training"
+    INVALID_TARGET_CLASS = "invalid_target_class", 422, "training", "target_class is not a class of the model"
+    SINGLE_DECISION_SIDE = "single_decision_side", 422, "training", \
+        "the classifier puts every training image on one side; SyCE needs both"
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch", 409, "training", \
+        "the checkpoint in the work folder belongs to other settings; remove it or resume with them"
+    # Access
+    MISSING_API_KEY = "missing_api_key", 401, "access", "send an API key as 'Authorization: Bearer <key>'"
+    INVALID_API_KEY = "invalid_api_key", 401, "access", "the API key is not valid"
+    INSUFFICIENT_SCOPE = "insufficient_scope", 403, "access", "the API key lacks the scope this route needs"
+    # A job's end
+    INPUT_EXPIRED = "input_expired", 404, "job", \
+        "the uploaded input expired before a worker reached it; submit it again"
+    WORKER_LOST = "worker_lost", 500, "job", \
+        "the worker running this job stopped (killed or crashed) before finishing; submit the request again"
+    TIMEOUT = "timeout", 504, "job", \
+        "the job ran past its queue's time limit; try fewer steps or iterations, or a smaller image"
+    CANCELED = "canceled", 409, "job", "the job was canceled at the caller's request"
+    OUT_OF_MEMORY = "out_of_memory", 503, "job", \
+        "the worker ran out of device memory; lower internal_batch_size or the image size and retry"
+    EXPLANATION_FAILED = "explanation_failed", 500, "job", \
+        "the worker failed while computing; the operators have the details in the worker log"
+    CORRUPT_STORED_INPUT = "corrupt_stored_input", 500, "job", "the stored input is damaged; submit the job again"
+    # The service
+    SERVICE_UNAVAILABLE = "service_unavailable", 503, "service", "the service cannot take requests now; retry later"
+    INTERNAL_ERROR = "internal_error", 500, "service", "an unexpected error occurred; it has been logged"
+
+    def body(self, message: str | None = None) -> dict[str, str]:
+        """The ``{"code", "message"}`` pair a caller sees."""
+        return {"code": self.value, "message": message or self.message}
+
 
 class ServiceError(Exception):
-    """Base class: a stable ``code``, a message a person can act on, and an HTTP status."""
+    """Base class: a stable ``code`` (an ``ErrorCode``, whose HTTP status it answers with) and a message."""
 
-    code = "internal_error"
-    http_status = 500
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None, http_status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if http_status is not None:
-            self.http_status = http_status
+    def __init__(self, message: str | None = None, *, code: ErrorCode | str | None = None):
+        # An unknown code is a programming error: ErrorCode() raises ValueError for it.
+        self.code = ErrorCode(self.code if code is None else code)
+        self.message = message or self.code.message
+        super().__init__(self.message)
+
+    @property
+    def http_status(self) -> int:
+        return self.code.http_status
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        return self.code.body(self.message)
 
 
 class InvalidInput(ServiceError):
     """The request itself is malformed (a field missing, a value out of range)."""
 
-    code = "invalid_request"
-    http_status = 422
+    code = ErrorCode.INVALID_REQUEST
 
 
 class InvalidImage(ServiceError):
     """The uploaded bytes are not a decodable image of a supported kind."""
 
-    code = "invalid_image"
-    http_status = 422
+    code = ErrorCode.CORRUPT_IMAGE
 
 
 class UnsupportedMediaType(ServiceError):
-    code = "unsupported_media_type"
-    http_status = 415
+    code = ErrorCode.UNSUPPORTED_FORMAT
 
 
 class PayloadTooLarge(ServiceError):
-    code = "payload_too_large"
-    http_status = 413
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class NotFound(ServiceError):
-    code = "not_found"
-    http_status = 404
+    code = ErrorCode.NOT_FOUND
 
 
 class Unauthorized(ServiceError):
-    code = "unauthorized"
-    http_status = 401
+    code = ErrorCode.MISSING_API_KEY
 
 
 class Forbidden(ServiceError):
-    code = "forbidden"
-    http_status = 403
+    code = ErrorCode.INSUFFICIENT_SCOPE
 
 
 class Conflict(ServiceError):
-    code = "conflict"
-    http_status = 409
+    code = ErrorCode.METHOD_UNAVAILABLE
 
 
 class Unavailable(ServiceError):
-    code = "service_unavailable"
-    http_status = 503
+    code = ErrorCode.SERVICE_UNAVAILABLE
 
 
 class JobCancelled(Exception):
@@ -80,3 +207,23 @@ class JobCancelled(Exception):
 
     Not a ServiceError: it is control flow, caught by the worker, never shown as a failure.
     """
+
+
+_GROUP_TITLES = {
+    "request": "The request", "upload": "The upload", "lookup": "Lookups", "model": "The model and its artifacts",
+    "training": "Training", "access": "Access", "job": "A job's end (in the job's `error`)",
+    "service": "The service",
+}
+
+
+def markdown_table() -> str:
+    """The README's error table, generated from ``ErrorCode``."""
+    lines = ["| code | HTTP | when |", "|---|---|---|"]
+    for group, title in _GROUP_TITLES.items():
+        lines.append(f"| **{title}** | | |")
+        lines += [f"| `{code.value}` | {code.http_status} | {code.message} |" for code in ErrorCode if code.group == group]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

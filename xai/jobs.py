@@ -1,20 +1,29 @@
-"""What the gateway and the workers agree on about a job: Redis key names, stages, queue names.
+"""The job contract between gateway and workers: typed requests and results, stages, queues, key names.
 
-A job's request is a small JSON dict (the RQ job argument); pixels travel separately under
-``input_key`` with a TTL, and result files under ``result_key``. Nothing here identifies a patient.
+The gateway builds a request model once and enqueues ``model_dump(mode="json")`` as the RQ job's only
+argument; the worker parses it back with the same model, so the defaults below are the only ones.
+Pixels travel separately (``input_key``) with a TTL; result files live in a ``ResultStore``.
+Nothing here identifies a patient.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 QUEUES = ("fast", "slow", "train")
 EXPLAIN_ENTRY = "workers.jobs.run_explanation"
 TRAIN_ENTRY = "workers.jobs.run_training"
 VALIDATE_ENTRY = "workers.jobs.validate_model"
 
+QualityMetric = Literal["infidelity", "max_sensitivity", "randomisation"]
+QUALITY_METRICS: tuple[str, ...] = QualityMetric.__args__
 
-class Stage(str, Enum):
+
+class Stage(StrEnum):
     QUEUED = "queued"
     LOADING_MODEL = "loading_model"
     PREPROCESSING = "preprocessing"
@@ -28,21 +37,142 @@ class Stage(str, Enum):
     CANCELED = "canceled"
 
 
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputInfo(_Contract):
+    """What the gateway learnt of the upload: format, shape and the safe DICOM attributes it keeps."""
+
+    height: int
+    width: int
+    channels: Literal[1, 3]
+    annotation: bool = False
+    details: dict[str, Any] = Field(default_factory=dict, description="format, bit depth, safe DICOM attributes")
+
+
+class ExplainJob(_Contract):
+    kind: Literal["explanation"] = "explanation"
+    job_id: str
+    submitted_at: float
+    model_id: str
+    model_version: int
+    methods: list[str] = Field(min_length=1)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="resolved parameters per method")
+    target: int | None = None
+    quality: list[QualityMetric] = Field(default_factory=list)
+    patch_mode: bool = False
+    patch_overlap: Annotated[float, Field(ge=0.0, le=0.9)] = 0.25
+    input: InputInfo
+
+    def batch_key(self) -> str | None:
+        """Jobs with equal keys run as one batch; None for jobs that run alone.
+
+        Patch mode and quality metrics are per-image work, and several methods make a comparison.
+        """
+        if len(self.methods) != 1 or self.patch_mode or self.quality:
+            return None
+        method = self.methods[0]
+        return json.dumps([self.model_id, self.model_version, method, self.params.get(method, {})], sort_keys=True)
+
+
+class TrainJob(_Contract):
+    kind: Literal["training"] = "training"
+    job_id: str
+    submitted_at: float
+    method: str
+    model_id: str
+    model_version: int | None = None
+    data: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    target_class: int | None = None
+
+
+class ValidateJob(_Contract):
+    kind: Literal["model_validation"] = "model_validation"
+    job_id: str
+    submitted_at: float
+    model_id: str
+    model_version: int
+
+
+JobRequest = Annotated[ExplainJob | TrainJob | ValidateJob, Field(discriminator="kind")]
+
+
+class Timings(_Contract):
+    """Where a job's time went, in milliseconds; batched stages report this job's share."""
+
+    queue_ms: float
+    load_ms: float
+    explain_ms: float
+    score_ms: float
+    render_ms: float
+    store_ms: float
+    batch_size: int
+    model_resident: bool
+
+
+class ExplainResult(_Contract):
+    """A finished explanation: the metric JSON and the names of its result files."""
+
+    metrics: dict[str, Any]
+    files: list[str]
+    timing: Timings
+
+
+# A job stores each heatmap once, at the resolution its explainer made it, as float16; the gateway
+# serves it as float32 NPY at that resolution (heatmap_model.npy) or enlarged to the input's (heatmap.npy).
+RAW_HEATMAP = "heatmap.f16"
+DERIVED_HEATMAPS = ("heatmap.npy", "heatmap_model.npy")
+
+
+def public_files(stored: list[str] | dict[str, bytes]) -> list[str]:
+    """The file names a caller sees for the names a job stored: each raw heatmap becomes its NPY forms."""
+    names = []
+    for name in stored:
+        prefix, _, base = name.rpartition("/")
+        if base == RAW_HEATMAP:
+            names += [f"{prefix}/{derived}" if prefix else derived for derived in DERIVED_HEATMAPS]
+        else:
+            names.append(name)
+    return sorted(names)
+
+
+class ErrorBody(_Contract):
+    code: str
+    message: str
+
+
+_JOB_REQUEST = TypeAdapter(JobRequest)
+
+
+def parse_request(payload: dict[str, Any]) -> ExplainJob | TrainJob | ValidateJob:
+    """The typed request of a job from its RQ argument (pydantic's ValidationError if it is none)."""
+    return _JOB_REQUEST.validate_python(payload)
+
+
 def input_key(job_id: str) -> str:
+    """The image at the model's input size (what the classifier sees), zlib-compressed float32."""
     return f"xai:input:{job_id}"
+
+
+def display_key(job_id: str) -> str:
+    """The image at display size (at most ``display_max_side`` on the long side), for the overlay."""
+    return f"xai:display:{job_id}"
+
+
+def native_key(job_id: str) -> str:
+    """The image at its own resolution, kept only for patch mode, which explains it tile by tile."""
+    return f"xai:native:{job_id}"
 
 
 def annotation_key(job_id: str) -> str:
     return f"xai:annotation:{job_id}"
 
 
-def result_key(job_id: str, name: str) -> str:
-    return f"xai:result:{job_id}:{name}"
-
-
-def result_index_key(job_id: str) -> str:
-    """A Redis set of the result file names of a job."""
-    return f"xai:result:{job_id}"
+def input_keys(job_id: str) -> tuple[str, ...]:
+    """Every key of a job's uploaded data, deleted together when the job ends."""
+    return input_key(job_id), display_key(job_id), native_key(job_id), annotation_key(job_id)
 
 
 def cancel_key(job_id: str) -> str:
@@ -51,3 +181,8 @@ def cancel_key(job_id: str) -> str:
 
 def idempotency_key(owner: str, key: str) -> str:
     return f"xai:idempotency:{owner}:{key}"
+
+
+def observed_key(job_id: str) -> str:
+    """Set the first time a poll sees the job ended, so its end is counted once in telemetry."""
+    return f"xai:observed:{job_id}"

@@ -57,11 +57,21 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(5, description="Worker heartbeat period while a job runs")
     abandoned_after_s: int = Field(30, description="A started job whose worker is silent this long is failed")
     batch_max: int = Field(16, ge=1, description="Most waiting jobs of one model, method and params explained in one pass")
+    batch_wait_ms: int = Field(0, ge=0, le=10_000, description="How long a worker waits for more compatible jobs "
+                               "before running a batch smaller than batch_max")
+    display_max_side: int = Field(1024, ge=64, le=8192, description="Long side of the rendered PNGs and of the "
+                                  "input copy kept for them; results never grow past it")
+    result_store: Literal["redis", "filesystem"] = Field("redis", description="Where result files live")
+    result_dir: Path | None = Field(None, description="Folder of the filesystem result store; default DATA_DIR/results")
     log_level: str = Field("INFO", description="Log level")
 
     @property
     def model_store_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
+
+    @property
+    def result_root(self) -> Path:
+        return self.result_dir or self.data_dir / "results"
 
     @property
     def training_root(self) -> Path:

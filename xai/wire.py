@@ -1,4 +1,10 @@
-"""The canonical image on the wire between gateway and worker: a zlib-compressed float32 .npy. Torch-free."""
+"""Arrays on the wire between gateway and worker, and in the result store: zlib-compressed ``.npy``. Torch-free.
+
+Three kinds travel: the canonical image (float32, what the model and patch mode read), the display
+copy of the input (uint8, only ever drawn under an overlay) and a heatmap at the resolution its
+explainer made it (float16: a heatmap is shown and thresholded, and 3 significant digits are more
+than a display or a percentile threshold resolves; it halves what every finished job keeps).
+"""
 
 from __future__ import annotations
 
@@ -15,22 +21,14 @@ _ZLIB_LEVEL = 3
 
 
 def encode_canonical(pixels: np.ndarray) -> bytes:
-    """Serialise a canonical image for Redis: ``.npy`` (no pickle) compressed with zlib.
-
-    Args:
-        pixels: float32 ``H x W`` or ``H x W x 3`` in [0, 1], as ``ingest_upload`` returns it.
-
-    Returns:
-        The compressed bytes; ``decode_canonical`` gives back an identical array.
+    """Serialise a canonical image: float32 ``H x W`` or ``H x W x 3`` in [0, 1].
 
     Raises:
         ValueError: if ``pixels`` is not a canonical image (a programming error, not the caller's).
     """
     if pixels.dtype != np.float32 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"not a canonical image: dtype {pixels.dtype}, shape {pixels.shape}")
-    buffer = io.BytesIO()
-    np.save(buffer, pixels, allow_pickle=False)
-    return zlib.compress(buffer.getvalue(), _ZLIB_LEVEL)
+    return _pack(pixels)
 
 
 def decode_canonical(blob: bytes) -> np.ndarray:
@@ -40,16 +38,52 @@ def decode_canonical(blob: bytes) -> np.ndarray:
         ServiceError: code ``corrupt_stored_input`` (HTTP 500) when the stored bytes are damaged;
             the input was validated when it was uploaded, so this is the server's fault.
     """
+    return _unpack(blob, np.float32)
+
+
+def encode_display(pixels: np.ndarray) -> bytes:
+    """The display copy of an input: a canonical image quantised to uint8."""
+    return _pack((np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8))
+
+
+def decode_display(blob: bytes) -> np.ndarray:
+    """The display copy as float32 in [0, 1]."""
+    return _unpack(blob, np.uint8).astype(np.float32) / 255
+
+
+def encode_heatmap(heatmap: np.ndarray) -> bytes:
+    """An ``H x W`` heatmap at the explainer's resolution, stored as float16."""
+    if heatmap.ndim != 2:
+        raise ValueError(f"a heatmap is H x W, got shape {heatmap.shape}")
+    finite = np.nan_to_num(heatmap.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return _pack(np.clip(finite, -65504, 65504).astype(np.float16))
+
+
+def decode_heatmap(blob: bytes) -> np.ndarray:
+    """A stored heatmap as float32."""
+    return _unpack(blob, np.float16).astype(np.float32)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A float32 ``.npy`` file, uncompressed, as callers download it (numpy.load reads it)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _pack(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return zlib.compress(buffer.getvalue(), _ZLIB_LEVEL)
+
+
+def _unpack(blob: bytes, dtype: type) -> np.ndarray:
     try:
-        pixels = np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+        array = np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
     except (zlib.error, ValueError, OSError, EOFError) as error:
-        raise ServiceError(
-            f"the stored input image is damaged ({type(error).__name__}); submit the job again",
-            code="corrupt_stored_input",
-        ) from error
-    if pixels.dtype != np.float32 or pixels.ndim not in (2, 3):
-        raise ServiceError(
-            "the stored input image is not a canonical image; submit the job again",
-            code="corrupt_stored_input",
-        )
-    return pixels
+        raise ServiceError(f"the stored array is damaged ({type(error).__name__}); submit the job again",
+                           code="corrupt_stored_input") from error
+    if array.dtype != dtype or array.ndim not in (2, 3):
+        raise ServiceError(f"the stored array is not of the expected kind ({array.dtype}, {array.ndim} dims); "
+                           "submit the job again", code="corrupt_stored_input")
+    return array

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile
@@ -11,18 +12,17 @@ from fastapi.responses import JSONResponse
 
 from models.manifest import ModelManifest
 from service.deps import ExplainCaller, GatewayDep
-from service.ingest import ingest_upload, limits_from_settings
-from service.jobs import claim_idempotency, enqueue, new_job_id
-from service.routes.models import available_methods
+from service.ingest import ingest_upload, job_inputs, limits_from_settings
+from service.jobs import claim_idempotency, enqueue, new_job_id, status_url
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.imaging import decode_annotation
-from xai.jobs import EXPLAIN_ENTRY
+from xai.jobs import EXPLAIN_ENTRY, QUALITY_METRICS, ExplainJob, InputInfo
 from xai.methods import get_method
 
 router = APIRouter(prefix="/v1/explanations", tags=["explanations"])
 
 QUEUE_ORDER = ("fast", "slow")  # a request runs on the slowest queue any of its methods needs
-QUALITY_METRICS = ("infidelity", "max_sensitivity", "randomisation")
+_DEFAULTS = ExplainJob.model_fields  # the form's defaults are the contract's
 
 
 @router.post("", status_code=202)
@@ -38,10 +38,12 @@ async def create_explanation(
     annotation: Annotated[UploadFile | None, File(description="Mask image or JSON boxes [[x, y, w, h], ...]")] = None,
     frame: Annotated[int | None, Form(ge=0, description="Frame of a multi-frame DICOM (default 0)")] = None,
     model_version: Annotated[int | None, Form(ge=1)] = None,
-    metrics: Annotated[str | None, Form(description="Extra quality metrics, comma-separated: "
+    quality: Annotated[str | None, Form(description="Extra quality metrics, comma-separated: "
                                         + ", ".join(QUALITY_METRICS))] = None,
-    patch_mode: Annotated[bool, Form(description="Explain a large image tile by tile at its own resolution")] = False,
-    patch_overlap: Annotated[float, Form(ge=0.0, le=0.9, description="Tile overlap, a fraction of the tile")] = 0.25,
+    patch_mode: Annotated[bool, Form(description="Explain a large image tile by tile at its own resolution")] =
+        _DEFAULTS["patch_mode"].default,
+    patch_overlap: Annotated[float, Form(ge=0.0, le=0.9, description="Tile overlap, a fraction of the tile")] =
+        _DEFAULTS["patch_overlap"].default,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     settings = gateway.settings
@@ -49,7 +51,7 @@ async def create_explanation(
     methods = _methods(method, manifest)
     method_params = _params(params, methods)
     target_index = _target(target, manifest)
-    quality_metrics = _quality_metrics(metrics)
+    quality_metrics = _quality_metrics(quality)
     limits = limits_from_settings(settings)
     data = await _read_limited(file, settings.max_upload_bytes)
     decoded = await run_in_threadpool(ingest_upload, data, frame=frame, limits=limits)
@@ -64,28 +66,34 @@ async def create_explanation(
     existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
     if existing:
         return _accepted(request, existing)
-    queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
-    enqueue(
-        gateway, queue, EXPLAIN_ENTRY,
-        {"kind": "explanation", "model_id": manifest.id, "model_version": manifest.version, "methods": methods,
-         "params": method_params, "target": target_index, "quality_metrics": quality_metrics,
-         "patch_mode": patch_mode, "patch_overlap": patch_overlap, "input": decoded.meta | {"annotation": mask is not None}},
-        job_id=job_id, owner=caller.name, pixels=decoded.pixels, annotation=mask,
+    height, width = decoded.pixels.shape[:2]
+    job = ExplainJob(
+        job_id=job_id, submitted_at=time.time(), model_id=manifest.id, model_version=manifest.version,
+        methods=methods, params=method_params, target=target_index, quality=quality_metrics,
+        patch_mode=patch_mode, patch_overlap=patch_overlap,
+        input=InputInfo(height=height, width=width, channels=3 if decoded.pixels.ndim == 3 else 1,
+                        annotation=mask is not None, details=decoded.meta),
     )
+    inputs = await run_in_threadpool(
+        job_inputs, job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
+        keep_native=patch_mode, annotation=mask,
+    )
+    queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
+    enqueue(gateway, queue, EXPLAIN_ENTRY, job, owner=caller.name, inputs=inputs, idempotency=idempotency_key)
     for name in methods:
         request.app.state.telemetry.submitted.labels("explanation", name).inc()
     return _accepted(request, job_id)
 
 
 def _accepted(request: Request, job_id: str) -> JSONResponse:
-    return JSONResponse({"job_id": job_id, "status_url": f"{request.base_url}v1/jobs/{job_id}"}, status_code=202)
+    return JSONResponse({"job_id": job_id, "status_url": status_url(str(request.base_url), job_id)}, status_code=202)
 
 
 def _methods(field: str, manifest: ModelManifest) -> list[str]:
     names = [name.strip() for name in field.split(",") if name.strip()]
     if not names or len(set(names)) != len(names):
         raise InvalidInput("give one method, or several distinct ones separated by commas", code="invalid_request")
-    ready = available_methods(manifest)
+    ready = manifest.available_methods()
     for name in names:
         spec = get_method(name)
         if name not in ready:
@@ -117,8 +125,8 @@ def _quality_metrics(field: str | None) -> list[str]:
     names = [name.strip() for name in (field or "").split(",") if name.strip()]
     unknown = sorted(set(names) - set(QUALITY_METRICS))
     if unknown:
-        raise InvalidInput(f"unknown metric(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_METRICS)} "
-                           "(deletion/insertion AUC and complexity are always computed)", code="invalid_metrics")
+        raise InvalidInput(f"unknown quality metric(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_METRICS)} "
+                           "(deletion/insertion AUC and complexity are always computed)", code="invalid_quality")
     return names
 
 

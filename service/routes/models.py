@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,27 +13,17 @@ from pydantic import ValidationError
 
 from models.manifest import ModelManifest
 from service.deps import AdminCaller, ExplainCaller, GatewayDep
-from service.jobs import enqueue, new_job_id
+from service.jobs import enqueue, new_job_id, status_url
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
-from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY
-from xai.methods import CATALOGUE, get_trainable
+from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY, TrainJob, ValidateJob
+from xai.methods import get_trainable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def available_methods(manifest: ModelManifest) -> list[str]:
-    """Methods this model can be explained with now: artifacts trained, target layer named."""
-    return [
-        name
-        for name, spec in CATALOGUE.items()
-        if (not spec.needs_artifacts or name in manifest.artifacts)
-        and (not spec.needs_target_layer or manifest.target_layer)
-    ]
-
-
 def describe(manifest: ModelManifest, versions: list[int]) -> dict[str, Any]:
     public = manifest.model_dump(exclude={"weights_file"})
-    return public | {"versions": versions, "methods": available_methods(manifest)}
+    return public | {"versions": versions, "methods": manifest.available_methods()}
 
 
 @router.get("")
@@ -61,13 +52,11 @@ def register_model(
         path = Path(scratch) / parsed.weights_file
         _save_upload(weights, path, gateway.settings.max_model_bytes)
         stored = gateway.store.register(parsed.model_copy(update={"status": "pending"}), path)
-    job = enqueue(
-        gateway, "fast", VALIDATE_ENTRY,
-        {"kind": "model_validation", "model_id": stored.id, "model_version": stored.version},
-        job_id=new_job_id(), owner=caller.name,
-    )
+    validation = ValidateJob(job_id=new_job_id(), submitted_at=time.time(), model_id=stored.id,
+                             model_version=stored.version)
+    job = enqueue(gateway, "fast", VALIDATE_ENTRY, validation, owner=caller.name)
     body = describe(stored, gateway.store.versions(stored.id))
-    return body | {"validation_job": {"job_id": job.id, "status_url": f"{request.base_url}v1/jobs/{job.id}"}}
+    return body | {"validation_job": {"job_id": job.id, "status_url": status_url(str(request.base_url), job.id)}}
 
 
 def _parse_manifest(text: str) -> ModelManifest:
@@ -117,13 +106,11 @@ def train_artifacts(
         raise Conflict(f"model {manifest.key} is {manifest.status}, not ready", code="model_not_ready")
     params = spec.resolve_params(body.get("params") or {})
     data = _training_folder(gateway.settings.training_root, body.get("data"))
-    job = enqueue(
-        gateway, "train", TRAIN_ENTRY,
-        {"kind": "training", "method": method, "model_id": manifest.id, "model_version": manifest.version,
-         "data": str(data), "params": params, "target_class": body.get("target_class")},
-        job_id=new_job_id(), owner=caller.name,
-    )
-    return {"job_id": job.id, "status_url": f"{request.base_url}v1/jobs/{job.id}"}
+    training = TrainJob(job_id=new_job_id(), submitted_at=time.time(), method=method, model_id=manifest.id,
+                        model_version=manifest.version, data=str(data), params=params,
+                        target_class=body.get("target_class"))
+    job = enqueue(gateway, "train", TRAIN_ENTRY, training, owner=caller.name)
+    return {"job_id": job.id, "status_url": status_url(str(request.base_url), job.id)}
 
 
 def _training_folder(root: Path, relative: Any) -> Path:

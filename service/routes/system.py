@@ -1,4 +1,4 @@
-"""Liveness, readiness, Prometheus metrics and the method catalogue."""
+"""Liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from redis.exceptions import RedisError
 from rq.worker import Worker
 
 from service.deps import GatewayDep
-from xai.methods import CATALOGUE
 
 router = APIRouter(tags=["system"])
 
@@ -42,9 +41,3 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/v1/methods")
-def list_methods() -> dict:
-    """Every method: its queue, its parameters (name, type, default, range) and whether it needs artifacts."""
-    return {"methods": [spec.describe() for spec in CATALOGUE.values()]}

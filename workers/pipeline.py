@@ -1,0 +1,231 @@
+"""The batch-first explanation pipeline: load -> predict -> explain -> score -> render -> store.
+
+A batch is the jobs a worker took as one unit of work (same model version, method and parameters;
+see ``workers.claim``); a single job is a batch of one and runs through the same code. Each stage
+runs once for the whole batch where the work allows it (one prediction pass, one explainer call,
+deletion/insertion states of every image sharing forward passes, one round trip to store) and per
+job where it cannot (rendering, localisation). A job whose own input cannot be read fails alone;
+an error in a shared stage fails the batch. Every result carries per-stage timings, batched stages
+reporting this job's share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from redis import Redis
+
+from models.preprocess import to_model_input
+from workers import render, scoring
+from workers.explain import MethodResult, run_method
+from workers.runtime import GroupProgress, LoadedModel, WorkerContext
+from xai.errors import NotFound, ServiceError
+from xai.imaging.resize import fit_within, resize
+from xai.jobs import (
+    RAW_HEATMAP,
+    ExplainJob,
+    ExplainResult,
+    Stage,
+    Timings,
+    annotation_key,
+    display_key,
+    input_key,
+    native_key,
+    public_files,
+)
+from xai.wire import decode_canonical, decode_display, encode_heatmap
+
+FAITHFULNESS_STEPS = 50
+# The share of a job's progress each stage spans.
+SPANS = {
+    Stage.LOADING_MODEL: (0.0, 0.05), Stage.PREPROCESSING: (0.05, 0.1), Stage.EXPLAINING: (0.1, 0.8),
+    Stage.SCORING: (0.8, 0.92), Stage.RENDERING: (0.92, 0.97), Stage.STORING: (0.97, 1.0),
+}
+
+
+@dataclass
+class Member:
+    """One job of a batch with its inputs, as the worker read them from Redis."""
+
+    job: ExplainJob
+    image: np.ndarray  # canonical, at the model's input size
+    display: np.ndarray  # at most display_max_side on the long side, for the overlay
+    native: np.ndarray | None  # the upload at its own resolution, patch mode only
+    annotation: np.ndarray | None  # bool mask at the model's input size
+
+
+class StageClock:
+    """Milliseconds spent in each named stage."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+
+def explain_batch(
+    ctx: WorkerContext, jobs: list[ExplainJob], progress: GroupProgress
+) -> dict[str, ExplainResult | ServiceError]:
+    """Explain every job of a batch; each job id maps to its result or to the error that ended it."""
+    started_at = time.time()
+    clock = StageClock()
+    ends: dict[str, ExplainResult | ServiceError] = {}
+    with clock("load"):
+        progress.stage(Stage.LOADING_MODEL, SPANS[Stage.LOADING_MODEL])
+        loaded, resident = ctx.models.get(jobs[0].model_id, jobs[0].model_version)
+        progress.stage(Stage.PREPROCESSING, SPANS[Stage.PREPROCESSING])
+        members = []
+        for job in jobs:
+            try:
+                members.append(read_member(ctx.connection, job, ctx.settings.display_max_side))
+            except ServiceError as error:
+                ends[job.job_id] = error
+    if not members:
+        return ends
+    spec = loaded.manifest.input
+    batch = torch.cat([to_model_input(m.image, spec) for m in members]).to(ctx.device)
+    with clock("explain"):
+        predictions = scoring.predictions(loaded.classifier, batch, loaded.manifest.class_names)
+        targets = [p["class"] if m.job.target is None else m.job.target for p, m in zip(predictions, members)]
+        per_method = _explain(ctx, loaded, members, batch, targets, progress)
+    with clock("score"):
+        progress.stage(Stage.SCORING, SPANS[Stage.SCORING])
+        for results in per_method.values():
+            _score(loaded, batch, members, targets, results)
+    files, render_ms = {}, {}
+    progress.stage(Stage.RENDERING, SPANS[Stage.RENDERING])
+    for index, member in enumerate(members):
+        started = time.perf_counter()
+        files[member.job.job_id] = _render(member, {m: results[index] for m, results in per_method.items()})
+        render_ms[member.job.job_id] = (time.perf_counter() - started) * 1000
+    with clock("store"):
+        progress.stage(Stage.STORING, SPANS[Stage.STORING])
+        ctx.results.put(files, ctx.settings.result_ttl_s)
+    share = {name: ms / len(members) for name, ms in clock.ms.items()}
+    for index, member in enumerate(members):
+        job = member.job
+        timing = Timings(
+            queue_ms=round(max(0.0, started_at - job.submitted_at) * 1000, 1),
+            load_ms=round(0.0 if resident else loaded.load_ms, 1) + round(share["load"], 1),
+            explain_ms=round(share["explain"], 1), score_ms=round(share["score"], 1),
+            render_ms=round(render_ms[job.job_id], 1), store_ms=round(share["store"], 1),
+            batch_size=len(members), model_resident=resident,
+        )
+        metrics = _metrics(loaded, member, predictions[index], targets[index],
+                           {m: results[index] for m, results in per_method.items()})
+        ends[job.job_id] = ExplainResult(metrics=metrics, files=public_files(files[job.job_id]), timing=timing)
+    return ends
+
+
+def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Member:
+    """A job's inputs from Redis; ``input_expired`` when the upload aged out before a worker reached it."""
+    blobs = connection.mget([input_key(job.job_id), display_key(job.job_id), native_key(job.job_id),
+                             annotation_key(job.job_id)])
+    image_blob, display_blob, native_blob, annotation_blob = blobs
+    if image_blob is None or display_blob is None:
+        raise NotFound("the uploaded image has expired before a worker reached it; submit it again",
+                       code="input_expired")
+    display = decode_display(display_blob)
+    if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
+        display = resize(display, *fit_within(*display.shape[:2], display_max_side))
+    return Member(
+        job=job,
+        image=decode_canonical(image_blob),
+        display=display,
+        native=None if native_blob is None else decode_canonical(native_blob),
+        annotation=None if annotation_blob is None else decode_canonical(annotation_blob) > 0.5,
+    )
+
+
+def _explain(
+    ctx: WorkerContext, loaded: LoadedModel, members: list[Member], batch: torch.Tensor, targets: list[int],
+    progress: GroupProgress,
+) -> dict[str, list[MethodResult]]:
+    """Each method on the whole batch; its results in member order."""
+    job = members[0].job  # every member shares model, methods and params (the batch key)
+    low, high = SPANS[Stage.EXPLAINING]
+    per_method = {}
+    for index, method in enumerate(job.methods):
+        progress.stage(Stage.EXPLAINING, (low + (high - low) * index / len(job.methods),
+                                          low + (high - low) * (index + 1) / len(job.methods)))
+        patches = (members[0].native, job.patch_overlap) if job.patch_mode and members[0].native is not None else None
+        per_method[method] = run_method(loaded, ctx.store, method, batch, targets, job.params.get(method, {}),
+                                        progress, quality=tuple(job.quality), patches=patches)
+    return per_method
+
+
+def _score(
+    loaded: LoadedModel, batch: torch.Tensor, members: list[Member], targets: list[int], results: list[MethodResult]
+) -> None:
+    """Faithfulness, complexity and (with an annotation) localisation of each heatmap, at the model's size."""
+    size = tuple(batch.shape[-2:])
+    heatmaps = [_at_size(result.heatmap, size) for result in results]
+    faithfulness = scoring.deletion_insertion_batch(
+        loaded.classifier, batch, torch.stack(heatmaps).to(batch.device), targets, steps=FAITHFULNESS_STEPS
+    )
+    for member, result, heatmap, figures in zip(members, results, heatmaps, faithfulness, strict=True):
+        result.metrics |= {"faithfulness": figures, "complexity": scoring.complexity(heatmap.numpy())}
+        if member.annotation is not None:
+            result.metrics["localization"] = scoring.localization(heatmap.numpy(), member.annotation)
+
+
+def _at_size(heatmap: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """A patch-mode heatmap (at the native size) is scored at the model's size, like every other."""
+    if tuple(heatmap.shape) == size:
+        return heatmap.float()
+    return torch.from_numpy(resize(heatmap.float().numpy(), size[0], size[1]))
+
+
+def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:
+    """The files of one job: per method the raw heatmap, its PNG, the overlay and any extra images."""
+    files = {}
+    for method, result in results.items():
+        prefix = "" if len(results) == 1 else f"{method}/"
+        heatmap = result.heatmap.float().numpy()
+        if max(heatmap.shape) > max(member.display.shape[:2]):  # patch mode: keep no more than is shown
+            heatmap = resize(heatmap, *member.display.shape[:2])
+        files[prefix + RAW_HEATMAP] = encode_heatmap(heatmap)
+        files |= {prefix + name: blob for name, blob in render.heatmap_images(heatmap, member.display).items()}
+        files |= {f"{prefix}{name}.png": render.png_bytes(pixels) for name, pixels in result.images.items()}
+    return files
+
+
+def _metrics(
+    loaded: LoadedModel, member: Member, prediction: dict, target: int, results: dict[str, MethodResult]
+) -> dict:
+    manifest, job = loaded.manifest, member.job
+    metrics = {
+        "prediction": prediction,
+        "target": {"class": target, "class_name": manifest.class_names[target],
+                   "chosen_by": "caller" if job.target is not None else "predicted class"},
+        "model": {"id": manifest.id, "version": manifest.version, "sha256": manifest.weights_sha256},
+        "input": job.input.model_dump(),
+    }
+    if len(results) == 1:
+        return metrics | next(iter(results.values())).metrics
+    metrics["methods"] = {name: result.metrics for name, result in results.items()}
+    metrics["comparison"] = [_comparison_row(name, result.metrics) for name, result in results.items()]
+    return metrics
+
+
+def _comparison_row(method: str, metrics: dict) -> dict:
+    row = {
+        "method": method,
+        "deletion_auc": metrics["faithfulness"]["deletion_auc"],
+        "insertion_auc": metrics["faithfulness"]["insertion_auc"],
+        "complexity": metrics["complexity"]["area_fraction"],
+    }
+    if "localization" in metrics:
+        row |= {k: metrics["localization"][k] for k in ("iou_p85", "iou_p90", "iou_p95", "iou_p98", "ncc")}
+    return row
