@@ -11,25 +11,7 @@ Canonical image: float32, ``H x W`` or ``H x W x 3``, values in [0, 1] (intensit
 ``canonical``, DICOM processing in ``dicom``, PNG/JPEG/TIFF in ``raster``). ``meta`` only holds an
 allow-list of non-identifying fields.
 
-Error codes (``xai.errors`` classes; HTTP status in brackets):
-
-=================================== ====================== =====
-code                                class                  HTTP
-=================================== ====================== =====
-empty_file                          InvalidImage           422
-corrupt_image                       InvalidImage           422
-dicom_no_pixel_data                 InvalidImage           422
-dicom_truncated_pixel_data          InvalidImage           422
-frame_out_of_range                  InvalidInput           422
-invalid_annotation                  InvalidInput           422
-unsupported_format                  UnsupportedMediaType   415
-dicom_unsupported_transfer_syntax   UnsupportedMediaType   415
-dicom_unsupported_photometric       UnsupportedMediaType   415
-payload_too_large                   PayloadTooLarge        413
-image_too_large                     PayloadTooLarge        413
-too_many_frames                     PayloadTooLarge        413
-out_of_memory                       Unavailable            503
-=================================== ====================== =====
+Errors are ``xai.errors.ServiceError`` with a code of ``xai.errors.ErrorCode`` (which holds each HTTP status).
 """
 
 from xai.imaging.annotation import decode_annotation
