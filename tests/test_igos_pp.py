@@ -6,13 +6,26 @@ square of pixels, whose decision depends on nothing else, and a seeded three-cla
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from workers.explainers.igos_pp import IgosPP, bilateral_weights, mask_grid, optimise, regulariser
+from workers.explainers.base import no_progress
+from workers.explainers.igos_pp import (
+    IgosPP,
+    Settings,
+    _next_first_steps,
+    bilateral_weights,
+    evenly_spaced_points,
+    mask_grid,
+    optimise,
+    regulariser,
+)
 from xai.errors import InvalidInput, JobCancelled
-from xai.methods.igos_pp import SPECS
+from xai.methods.igos_pp import PAPER_SCHEDULE, SPECS
 
 SPEC = SPECS[0]
 SQUARE = (slice(6, 12), slice(10, 16))  # rows, columns of the evidence square in a 24 x 24 image
@@ -74,6 +87,11 @@ def test_spec_defaults_are_the_papers_settings():
     assert defaults["btv_weight"] == 20.0 and defaults["btv_beta"] == 2.0
     assert (defaults["step_size"], defaults["armijo_beta"], defaults["step_decay"]) == (1000.0, 1e-4, 0.2)
     assert defaults["min_step_size"] == 1e-5
+    # The service's line search departs from the paper by default; PAPER_SCHEDULE undoes every departure.
+    assert (defaults["line_search_start"], defaults["line_search_noise"]) == ("warm", "shared")
+    assert defaults["line_search_points"] == 5
+    paper = Settings.from_params(params(**PAPER_SCHEDULE), 28, 28)
+    assert not paper.warm_start and not paper.shared_noise and paper.search_points == paper.steps == 20
     for param in SPEC.params:
         assert param.description and (param.minimum is not None or param.choices)
 
@@ -103,6 +121,58 @@ def test_regulariser_known_values():
     edge_image[..., 2:] = 1.0
     _, _, btv_on_edge = regulariser(mask, bilateral_weights(edge_image, 0.01), 2.0, 3.0, 2.0)
     assert btv_on_edge.item() == pytest.approx(1 / 6, abs=1e-6)
+
+
+def test_search_points_are_a_coarser_right_riemann_sum():
+    # alphas 1/20 ... 1: every fourth point is alpha 0.2, 0.4, ..., 1.0.
+    assert evenly_spaced_points(20, 5).tolist() == [3, 7, 11, 15, 19]
+    assert evenly_spaced_points(20, 20).tolist() == list(range(20))
+    assert evenly_spaced_points(4, 1).tolist() == [3]
+
+
+def test_warm_start_begins_one_decay_above_the_accepted_step():
+    warm = Settings.from_params(params(), 28, 28)
+    accepted = torch.tensor([1.6, 8.0, 500.0, 1e-6])
+    # 1.6 / 0.2 = 8; 8 / 0.2 = 40; 500 / 0.2 capped at 1000; a collapsed search restarts at 1000.
+    assert _next_first_steps(warm, accepted).tolist() == pytest.approx([8.0, 40.0, 1000.0, 1000.0])
+    paper = Settings.from_params(params(**PAPER_SCHEDULE), 28, 28)
+    assert _next_first_steps(paper, accepted).tolist() == [1000.0] * 4
+
+
+def _reference_module():
+    path = Path(__file__).resolve().parents[1] / "bench" / "reference_igos_pp.py"
+    spec = importlib.util.spec_from_file_location("reference_igos_pp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_schedule_gives_the_published_schedule_reference():
+    # bench/reference_igos_pp.py re-implements the published one-image, one-term-per-pass loop;
+    # with PAPER_SCHEDULE the batched explainer draws the same noise and takes the same steps.
+    reference = _reference_module()
+    model = tiny_cnn().eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    chosen = params(mask_size=8, internal_batch_size=7, **FAST, **PAPER_SCHEDULE)
+    ours = optimise(model, images, [0, 2], chosen, no_progress).heatmaps()["product"]
+    theirs = reference.reference_igos_pp_batch(model, images, [0, 2], chosen)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_default_line_search_forwards_fewer_images_than_the_papers():
+    model, image = SquareEvidence(), square_image()
+    forwarded = []
+    model.register_forward_hook(lambda _module, inputs, _output: forwarded.append(len(inputs[0])))
+    chosen = {"mask_size": 12, "iterations": 6, "integration_steps": 8}
+    counts = {}
+    for name, schedule in (("ours", {}), ("paper", PAPER_SCHEDULE)):
+        forwarded.clear()
+        result = optimise(model.eval(), image, [1], params(**chosen, **schedule), no_progress)
+        counts[name] = sum(forwarded)
+        assert result.final["loss"].item() < result.initial["loss"].item()
+    # Paper: 6 x (32 gradient + 32 base + 32 per trial, >= 1 trial). Ours: 6 x (32 + 4 x 5 per trial).
+    assert counts["paper"] >= 6 * 3 * 32
+    assert counts["ours"] < counts["paper"] / 2
 
 
 def test_mask_concentrates_on_the_only_evidence():

@@ -29,6 +29,7 @@ assumptions, its process-global upsampler, and its biased deletion/insertion met
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,6 +51,10 @@ LOW_CONFIDENCE = (
 TERMS = ("deletion_product", "insertion_product", "deletion_mask", "insertion_mask")
 # +1: the score counts towards the objective (deletion, to be lowered); -1: insertion, to be raised.
 TERM_SIGNS = (1.0, -1.0, 1.0, -1.0)
+# Most path-image pixels in one forward/backward call on a CPU (20 images at 224 x 224): a
+# ResNet-18 on one thread costs 52 ms an image forward and backward in chunks of 8 or 20, 89 ms in
+# chunks of 64, whose activations no longer fit the caches.
+CPU_CHUNK_PIXELS = 20 * 224 * 224
 
 
 def mask_grid(height: int, width: int, mask_size: int) -> tuple[int, int]:
@@ -148,11 +153,19 @@ class Settings:
     step_decay: float
     min_step_size: float
     chunk: int
+    warm_start: bool
+    shared_noise: bool
+    search_points: int
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], height: int, width: int) -> Settings:
+    def from_params(
+        cls, params: dict[str, Any], height: int, width: int, device: torch.device | None = None
+    ) -> Settings:
         grid = mask_grid(height, width, params["mask_size"])
         full_resolution = grid == (height, width)
+        chunk = params["internal_batch_size"]
+        if device is None or device.type == "cpu":
+            chunk = min(chunk, max(1, CPU_CHUNK_PIXELS // (height * width)))
         return cls(
             grid=grid,
             iterations=params["iterations"],
@@ -165,8 +178,20 @@ class Settings:
             armijo_beta=params["armijo_beta"],
             step_decay=params["step_decay"],
             min_step_size=params["min_step_size"],
-            chunk=params["internal_batch_size"],
+            chunk=chunk,
+            warm_start=params["line_search_start"] == "warm",
+            shared_noise=params["line_search_noise"] == "shared",
+            search_points=min(params["line_search_points"], params["integration_steps"]),
         )
+
+
+def evenly_spaced_points(steps: int, count: int) -> torch.Tensor:
+    """Indices of ``count`` of the ``steps`` path points, evenly spaced and ending at alpha = 1.
+
+    With alphas 1/N, ..., 1 these are the right Riemann sum of ``count`` intervals when ``count``
+    divides N (20 steps, 5 points: alpha 0.2, 0.4, ..., 1.0).
+    """
+    return (torch.arange(1, count + 1) * steps / count).round().long() - 1
 
 
 class Problem:
@@ -186,9 +211,14 @@ class Problem:
         steps = settings.steps
         # The published path points: alpha = 1/N, 2/N, ..., 1 (right Riemann sum).
         self.alphas = torch.linspace(1 / steps, 1, steps, device=images.device)
+        self.all_points = torch.arange(steps, device=images.device)
+        self.search_points = evenly_spaced_points(steps, settings.search_points).to(images.device)
         # One generator per image, all with the same seed: image i draws the same noise alone or batched.
         self.generators = [torch.Generator(images.device).manual_seed(params["seed"]) for _ in targets]
         self.signs = torch.tensor(TERM_SIGNS, device=images.device)
+        # Noise of the last gradient pass at the search points, per image (``line_search_noise`` shared).
+        self.kept_noise: dict[int, torch.Tensor] = {}
+        self.memory_format = torch.contiguous_format
 
     def path_masks(self, masks_del: torch.Tensor, masks_ins: torch.Tensor) -> torch.Tensor:
         """The mask of each of the four terms at image resolution: B x 4 x 1 x H x W."""
@@ -196,68 +226,127 @@ class Problem:
         product = up_del * up_ins
         return torch.stack((product, product, up_del, up_ins), dim=1)
 
-    def term_scores(
-        self, rows: torch.Tensor, path_masks: torch.Tensor, with_gradient: bool
+    def path_scores(
+        self,
+        rows: torch.Tensor,
+        path_masks: torch.Tensor,
+        points: torch.Tensor,
+        noise: _NoiseStream,
+        with_gradient: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean target probability of each term for the images ``rows``, and optionally its gradient.
+        """Target probability at each path point of each term for the images ``rows``, optionally its gradient.
 
-        All (image, term, step) path images form one stream cut into chunks of ``internal_batch_size``.
+        All (image, term, point) path images form one stream cut into chunks of ``settings.chunk``.
         With ``with_gradient``, each chunk's share of the halved objective ``0.5 * sum(sign * score)``
-        is differentiated with respect to ``path_masks`` at once, so memory stays bounded by one chunk
-        (``torch.autograd.grad``, so the model's own ``.grad`` fields are never touched).
+        (scores the means over ``points``) is differentiated with respect to ``path_masks`` at once, so
+        memory stays bounded by one chunk (``torch.autograd.grad``: the model's ``.grad`` stays untouched).
 
         Returns:
-            len(rows) x 4 scores, and the gradient (shaped like ``path_masks``) or None.
+            len(rows) x 4 x len(points) probabilities, and the gradient (shaped like ``path_masks``) or None.
         """
-        steps, per_image = self.settings.steps, 4 * self.settings.steps
+        count, per_image = len(points), 4 * len(points)
         total = len(rows) * per_image
-        scores = torch.empty(total, device=self.images.device)
+        probs = torch.empty(total, device=self.images.device)
         gradient = torch.zeros_like(path_masks) if with_gradient else None
-        noise = _NoiseStream(self, rows)
+        alphas = self.alphas[points]
         for start in range(0, total, self.settings.chunk):
-            flat = torch.arange(start, min(start + self.settings.chunk, total), device=self.images.device)
-            local, term, step = flat // per_image, (flat // steps) % 4, flat % steps
-            row = rows[local]
-            weight = self.alphas[step].view(-1, 1, 1, 1) * path_masks[local, term]
-            # Deletion paths run baseline + alpha*M*(image - baseline), from the blur to the masked image;
-            # insertion paths run image - alpha*M*(image - baseline) = baseline + (1 - alpha*M)*(...),
-            # from the image to the masked blur. Choosing on the one-channel weight keeps it cheap.
-            weight = torch.where((term % 2 == 0).view(-1, 1, 1, 1), weight, 1 - weight)
-            noisy_baseline = self.baselines[row] + noise.take(start, len(flat))
-            path = torch.addcmul(noisy_baseline, self.differences[row], weight)
-            probs = torch.softmax(self.model(path), dim=1).gather(1, self.targets[row].view(-1, 1)).squeeze(1)
+            end = min(start + self.settings.chunk, total)
+            flat = torch.arange(start, end, device=self.images.device)
+            row, term = rows[flat // per_image], (flat // count) % 4
+            chunk_noise = noise.take(start, end - start)
+            pieces = [
+                self._path_piece(int(rows[local]), term_index, path_masks[local, term_index], alphas[first:last],
+                                 chunk_noise[offset : offset + last - first])
+                for local, term_index, first, last, offset in _pieces(start, end, count)
+            ]
+            path = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+            logits = self.model(path.contiguous(memory_format=self.memory_format))
+            chunk_probs = torch.softmax(logits, dim=1).gather(1, self.targets[row].view(-1, 1)).squeeze(1)
             if gradient is not None:
-                objective = 0.5 * (self.signs[term] * probs).sum() / steps
+                objective = 0.5 * (self.signs[term] * chunk_probs).sum() / count
                 gradient += torch.autograd.grad(objective, path_masks)[0]
-            scores[start : start + len(flat)] = probs.detach()
-        return scores.view(len(rows), 4, steps).mean(2), gradient
+            probs[start:end] = chunk_probs.detach()
+        return probs.view(len(rows), 4, count), gradient
+
+    def _path_piece(
+        self, row: int, term: int, mask: torch.Tensor, alphas: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The noisy path images of one image and term at the path points ``alphas``: k x C x H x W.
+
+        Deletion paths run baseline + alpha*M*(image - baseline), from the blur to the masked image;
+        insertion paths run image - alpha*M*(image - baseline) = baseline + (1 - alpha*M)*(...), from
+        the image to the masked blur. The weight broadcasts over the points and channels, so no
+        per-path copy of the image or the baseline is made.
+        """
+        weight = alphas.view(-1, 1, 1, 1) * mask
+        if term % 2 == 1:
+            weight = 1 - weight
+        return torch.addcmul(self.baselines[row] + noise, self.differences[row], weight)
 
     def loss(
-        self, rows: torch.Tensor, masks_del: torch.Tensor, masks_ins: torch.Tensor
+        self, rows: torch.Tensor, masks_del: torch.Tensor, masks_ins: torch.Tensor, points: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The objective and its terms for the images ``rows`` at the given masks, without gradients."""
+        """The objective and its terms over the path ``points`` for the images ``rows``, without gradients.
+
+        The noise is the last gradient pass's (``line_search_noise`` shared, only at the search points)
+        or a fresh draw (fresh, the paper; and always for other points).
+        """
+        shared = self.settings.shared_noise and torch.equal(points, self.search_points)
+        noise = self.kept_stream(rows) if shared else self.fresh_stream(rows, points)
         with torch.no_grad():
-            terms, _ = self.term_scores(rows, self.path_masks(masks_del, masks_ins), with_gradient=False)
-            return self._combine(rows, terms, masks_del * masks_ins)
+            probs, _ = self.path_scores(rows, self.path_masks(masks_del, masks_ins), points, noise, False)
+            return self._combine(rows, probs.mean(2), masks_del * masks_ins)
 
     def loss_and_gradient(
         self, masks_del: torch.Tensor, masks_ins: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """The objective at the current masks of every image, and its total gradient for both masks.
 
         The gradient is ``0.5 * grad(IG terms) + grad(regulariser)``, the published weighting. The IG
         part is taken with respect to the image-resolution path masks chunk by chunk, then carried
         back through the upsampling to the mask cells in one step.
+
+        Returns:
+            the loss terms over all path points; with shared line-search noise also the loss at the
+            search points from the same forward values (the line search's base, for free), else None;
+            and the gradients for the deletion and the insertion mask.
         """
         rows = torch.arange(len(masks_del), device=masks_del.device)
         masks_del, masks_ins = masks_del.detach().requires_grad_(), masks_ins.detach().requires_grad_()
         path_masks = self.path_masks(masks_del, masks_ins)
         leaf = path_masks.detach().requires_grad_()
-        terms, path_gradient = self.term_scores(rows, leaf, with_gradient=True)
-        loss = self._combine(rows, terms, masks_del * masks_ins)
+        keep = self.settings.shared_noise
+        noise = self.fresh_stream(rows, self.all_points, keep_search_points=keep)
+        probs, path_gradient = self.path_scores(rows, leaf, self.all_points, noise, with_gradient=True)
+        product = masks_del * masks_ins
+        loss = self._combine(rows, probs.mean(2), product)
         chained = (path_masks * path_gradient).sum() + loss["regulariser"].sum()
         grad_del, grad_ins = torch.autograd.grad(chained, (masks_del, masks_ins))
-        return {name: value.detach() for name, value in loss.items()}, grad_del, grad_ins
+        loss = {name: value.detach() for name, value in loss.items()}
+        search_base = None
+        if keep:
+            search_base = self._combine(rows, probs[:, :, self.search_points].mean(2), product.detach())["loss"]
+        return loss, search_base, grad_del, grad_ins
+
+    def fresh_stream(self, rows: torch.Tensor, points: torch.Tensor, keep_search_points: bool = False) -> _NoiseStream:
+        """New noise: each image draws 4 x steps noise images from its generator (the published order)."""
+        shape = (4, self.settings.steps, *self.images.shape[1:])
+
+        def block(row: int) -> torch.Tensor:
+            if self.settings.noise_std == 0:
+                noise = torch.zeros(shape, device=self.images.device)
+            else:
+                noise = torch.randn(shape, generator=self.generators[row], device=self.images.device)
+                noise *= self.settings.noise_std
+            if keep_search_points:
+                self.kept_noise[row] = noise[:, self.search_points].flatten(0, 1)
+            return noise.flatten(0, 1) if len(points) == self.settings.steps else noise[:, points].flatten(0, 1)
+
+        return _NoiseStream(rows, 4 * len(points), block)
+
+    def kept_stream(self, rows: torch.Tensor) -> _NoiseStream:
+        """The last gradient pass's noise at the search points."""
+        return _NoiseStream(rows, 4 * len(self.search_points), self.kept_noise.__getitem__)
 
     def _combine(
         self, rows: torch.Tensor, terms: torch.Tensor, product: torch.Tensor
@@ -271,17 +360,30 @@ class Problem:
         return loss
 
 
-class _NoiseStream:
-    """Path noise for the (image, term, step) stream of ``rows``, drawn one image at a time.
+def _pieces(start: int, end: int, count: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """The (image, term) runs of positions [start, end) of a stream of ``count`` points per term.
 
-    Each image draws its 4 * steps noise images in one call of its own generator, the first time a
-    chunk reaches it, and frees them once the chunks have moved past it.
+    Yields (image, term, first point, end point, offset of the run in the chunk).
+    """
+    position = start
+    while position < end:
+        block, first = divmod(position, count)
+        stop = min(end, (block + 1) * count)
+        yield block // 4, block % 4, first, first + stop - position, position - start
+        position = stop
+
+
+class _NoiseStream:
+    """Path noise for the (image, term, point) stream of ``rows``, one image's block at a time.
+
+    ``block(row)`` gives image ``row``'s ``per_image`` noise images; it is called the first time a
+    chunk reaches that image, and the block is freed once the chunks have moved past it.
     """
 
-    def __init__(self, problem: Problem, rows: torch.Tensor):
-        self.problem = problem
+    def __init__(self, rows: torch.Tensor, per_image: int, block: Callable[[int], torch.Tensor]):
         self.rows = rows.tolist()
-        self.per_image = 4 * problem.settings.steps
+        self.per_image = per_image
+        self.block = block
         self.drawn: dict[int, torch.Tensor] = {}
 
     def take(self, start: int, count: int) -> torch.Tensor:
@@ -291,19 +393,11 @@ class _NoiseStream:
         pieces = []
         for local in range(first, last + 1):
             if local not in self.drawn:
-                self.drawn[local] = self._draw(self.rows[local])
+                self.drawn[local] = self.block(self.rows[local])
             begin = max(start - local * self.per_image, 0)
             end = min(start + count - local * self.per_image, self.per_image)
             pieces.append(self.drawn[local][begin:end])
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-    def _draw(self, row: int) -> torch.Tensor:
-        p = self.problem
-        shape = (self.per_image, *p.images.shape[1:])
-        if p.settings.noise_std == 0:
-            return torch.zeros(shape, device=p.images.device)
-        noise = torch.randn(shape, generator=p.generators[row], device=p.images.device)
-        return noise * p.settings.noise_std
 
 
 @dataclass
@@ -315,7 +409,8 @@ class Optimised:
     masks_ins: torch.Tensor
     # Target probability on the image and on the baseline, per image.
     start_scores: dict[str, torch.Tensor]
-    # Loss terms at the first evaluation and after the last step; loss and step per iteration.
+    # Loss terms (over all path points) at the first evaluation and after the last step; per
+    # iteration the loss after its step as the line search measured it, and the step.
     initial: dict[str, torch.Tensor]
     final: dict[str, torch.Tensor]
     losses: list[list[float]]
@@ -351,31 +446,44 @@ def optimise(
     # A job may run explainers under inference mode; the optimisation needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
         images = images.detach().clone().float()
-        settings = Settings.from_params(params, images.shape[-2], images.shape[-1])
+        settings = Settings.from_params(params, images.shape[-2], images.shape[-1], images.device)
         problem = Problem(model, images, targets, params, settings)
         start_scores = _start_scores(problem)
         masks_del = torch.ones(len(targets), 1, *settings.grid, device=images.device)
         masks_ins = torch.ones_like(masks_del)
+        first_steps = torch.full((len(targets),), settings.step_size, device=images.device)
         losses, steps = [], []
         for iteration in range(settings.iterations):
-            loss, grad_del, grad_ins = problem.loss_and_gradient(masks_del, masks_ins)
+            loss, search_base, grad_del, grad_ins = problem.loss_and_gradient(masks_del, masks_ins)
             if iteration == 0:
                 initial = loss
-            step, final = _line_search(problem, masks_del, masks_ins, grad_del, grad_ins, loss["loss"])
+            grads = (grad_del, grad_ins)
+            step, reached = _line_search(problem, masks_del, masks_ins, grads, search_base, first_steps)
             masks_del = (masks_del - step.view(-1, 1, 1, 1) * grad_del).clamp(0, 1)
             masks_ins = (masks_ins - step.view(-1, 1, 1, 1) * grad_ins).clamp(0, 1)
-            losses.append(final["loss"].tolist())
+            first_steps = _next_first_steps(settings, step)
+            losses.append(reached["loss"].tolist())
             steps.append(step.tolist())
             shown = ", ".join(f"{value:.4f}" for value in losses[-1][:8])
             note = f"iteration {iteration + 1}/{settings.iterations}, loss {shown}"
             progress(0.95 * (iteration + 1) / settings.iterations, note)
+        final = reached
+        if settings.search_points < settings.steps:
+            # The line search measured the loss on a few points only; report it over the whole path.
+            final = problem.loss(torch.arange(len(targets), device=images.device), masks_del, masks_ins,
+                                 problem.all_points)
     return Optimised(problem, masks_del, masks_ins, start_scores, initial, final, losses, steps)
 
 
 def _start_scores(problem: Problem) -> dict[str, torch.Tensor]:
-    """The target probability on the image and on the baseline; refuses targets the model lacks."""
+    """The target probability on the image and on the baseline; refuses targets the model lacks.
+
+    Also picks the memory format of the path images (``_preferred_memory_format``) on this first call.
+    """
     with torch.no_grad():
-        logits = problem.model(torch.cat((problem.images, problem.baselines)))
+        logits, problem.memory_format = _preferred_memory_format(
+            problem.model, torch.cat((problem.images, problem.baselines))
+        )
     classes = logits.shape[1]
     if int(problem.targets.max()) >= classes or int(problem.targets.min()) < 0:
         raise InvalidInput(
@@ -387,40 +495,77 @@ def _start_scores(problem: Problem) -> dict[str, torch.Tensor]:
     return {"image": image_score, "baseline": baseline_score}
 
 
+def _preferred_memory_format(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
+    """The model's logits on ``batch``, and the memory format its path images should have.
+
+    On a CPU, channels-last: oneDNN's convolutions run about 1.7x faster on it than on NCHW (a
+    ResNet-18 at 224 x 224, one thread, forward and backward alike), with the same result up to float
+    rounding. A model that cannot take it (``.view`` on an activation, say) raises, and gets NCHW.
+    On CUDA NCHW is kept: channels-last was not measured there.
+    """
+    if batch.device.type == "cpu" and batch.ndim == 4:
+        try:
+            return model(batch.contiguous(memory_format=torch.channels_last)), torch.channels_last
+        except RuntimeError:
+            pass
+    return model(batch), torch.contiguous_format
+
+
 def _line_search(
     problem: Problem,
     masks_del: torch.Tensor,
     masks_ins: torch.Tensor,
-    grad_del: torch.Tensor,
-    grad_ins: torch.Tensor,
-    base_loss: torch.Tensor,
+    grads: tuple[torch.Tensor, torch.Tensor],
+    search_base: torch.Tensor | None,
+    first_steps: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Armijo backtracking per image: shrink the step until ``loss(new) <= loss - beta * step * |g|^2``.
 
-    Only images whose condition still fails are re-evaluated. A step that shrinks below
+    Each image starts from its ``first_steps`` entry, and only images whose condition still fails are
+    re-evaluated. The losses are over the search points; ``search_base`` is the loss at the current
+    masks there, or None to evaluate it first (fresh noise, the paper). A step that shrinks below
     ``min_step_size`` is kept as it is (a negligible move), as in the published code.
 
     Returns:
         The step per image and the loss terms at the masks that step leads to.
     """
     s = problem.settings
-    count = len(base_loss)
-    step = torch.full((count,), s.step_size, device=base_loss.device)
+    count = len(first_steps)
+    all_rows = torch.arange(count, device=first_steps.device)
+    if search_base is None:
+        search_base = problem.loss(all_rows, masks_del, masks_ins, problem.search_points)["loss"]
+    grad_del, grad_ins = grads
+    step = first_steps.clone()
     slope = -s.armijo_beta * (grad_del.pow(2).flatten(1).sum(1) + grad_ins.pow(2).flatten(1).sum(1))
-    active = torch.ones(count, dtype=torch.bool, device=base_loss.device)
+    active = torch.ones(count, dtype=torch.bool, device=step.device)
     reached: dict[str, torch.Tensor] = {}
     while active.any():
         rows = active.nonzero().squeeze(1)
         trial = step[rows].view(-1, 1, 1, 1)
         new_del = (masks_del[rows] - trial * grad_del[rows]).clamp(0, 1)
         new_ins = (masks_ins[rows] - trial * grad_ins[rows]).clamp(0, 1)
-        loss = problem.loss(rows, new_del, new_ins)
+        loss = problem.loss(rows, new_del, new_ins, problem.search_points)
         for name, value in loss.items():
             reached.setdefault(name, torch.zeros(count, device=value.device))[rows] = value
-        failed = (loss["loss"] > base_loss[rows] + step[rows] * slope[rows]) & (step[rows] >= s.min_step_size)
+        failed = (loss["loss"] > search_base[rows] + step[rows] * slope[rows]) & (step[rows] >= s.min_step_size)
         active[rows] = failed
         step[rows[failed]] *= s.step_decay
     return step, reached
+
+
+def _next_first_steps(settings: Settings, accepted: torch.Tensor) -> torch.Tensor:
+    """Where each image's next line search starts.
+
+    The paper restarts from ``step_size`` every iteration. Warm-started, it starts one decay above the
+    step just accepted (capped at ``step_size``), so a step that suits the mask is found again in
+    about two trials instead of five or six; an image whose search ran below ``min_step_size``
+    restarts from ``step_size``, so a collapsed step cannot stall it for the rest of the run.
+    """
+    restart = torch.full_like(accepted, settings.step_size)
+    if not settings.warm_start:
+        return restart
+    warm = (accepted / settings.step_decay).clamp(max=settings.step_size)
+    return torch.where(accepted < settings.min_step_size, restart, warm)
 
 
 class IgosPP(Explainer):

@@ -62,6 +62,27 @@ SPECS = (
             Param("armijo_beta", "float", 1e-4, "Sufficient-decrease constant of the Armijo rule", 0.0, 1.0),
             Param("step_decay", "float", 0.2, "Factor the step shrinks by on each failed trial", 0.01, 0.99),
             Param("min_step_size", "float", 1e-5, "The line search stops shrinking below this", 1e-12, 1.0),
+            Param(
+                "line_search_start", "str", "warm",
+                "Where each iteration's line search starts: 'warm', one step_decay above the step the "
+                "image's last search accepted (capped at step_size; back to step_size after a search that "
+                "ran below min_step_size); 'restart', step_size every iteration (the paper)",
+                choices=("warm", "restart"),
+            ),
+            Param(
+                "line_search_noise", "str", "shared",
+                "Path noise of the line-search trials: 'shared', the noise the iteration's gradient pass "
+                "drew, so the trials and the loss at the current mask (taken from the gradient pass's "
+                "forward values) see the same noisy objective; 'fresh', a new draw for every evaluation, "
+                "the current mask evaluated again first (the paper)",
+                choices=("shared", "fresh"),
+            ),
+            Param(
+                "line_search_points", "int", 5,
+                "Path points per term in each line-search trial, evenly spaced among the integration "
+                "steps and ending at the image (5 of 20: alpha 0.2, 0.4, ..., 1); integration_steps or "
+                "more evaluates every point (the paper)", 1, 200,
+            ),
             Param("seed", "int", 0, "Seed of the path noise (per image, so batching does not change results)",
                   0, 2**31 - 1),
             Param(
@@ -83,3 +104,6 @@ SPECS = (
         ),
     ),
 )
+
+# The published line-search schedule, every departure above undone: pass these parameters for it.
+PAPER_SCHEDULE = {"line_search_start": "restart", "line_search_noise": "fresh", "line_search_points": 200}
