@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import Gateway
@@ -18,6 +19,7 @@ from xai.errors import ErrorCode, ServiceError
 from xai.settings import Settings, get_settings
 
 log = logging.getLogger("xai.gateway")
+RETRY_AFTER_S = 5
 
 
 def is_loopback(host: str) -> bool:
@@ -90,6 +92,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
         return _error_response(request, error.status_code, codes.get(error.status_code, ErrorCode.HTTP_ERROR),
                                str(error.detail))
+
+    @app.exception_handler(RedisError)
+    async def redis_unreachable(request: Request, error: RedisError) -> JSONResponse:
+        # Nothing was accepted: the caller may retry the same request (with its Idempotency-Key) later.
+        log.warning("Redis unreachable on %s %s: %s", request.method, request.url.path, type(error).__name__)
+        response = _error_response(request, 503, ErrorCode.SERVICE_UNAVAILABLE,
+                                   "the job queue is unreachable; retry in a few seconds")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
