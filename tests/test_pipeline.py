@@ -1,0 +1,127 @@
+"""The batch-first worker pipeline: a batch of one and of many agree; claims never strand or repeat a job."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from models.store import ModelStore
+from service.ingest import job_inputs
+from tests.conftest import DEMO_DIR, REPO
+from tests.test_api import MODEL, mnist_digit, png, submit, _ended, _wait_for  # noqa: F401 - fixtures below
+from tests.test_api import client, store  # noqa: F401 - pytest fixtures
+from workers.pipeline import explain_batch
+from workers.runtime import GroupProgress, WorkerContext
+from xai.jobs import ExplainJob, ExplainResult, InputInfo, Stage, input_keys
+from xai.wire import decode_heatmap
+
+
+def _job(job_id: str, method: str = "saliency") -> ExplainJob:
+    return ExplainJob(job_id=job_id, submitted_at=time.time(), model_id=MODEL, model_version=1, methods=[method],
+                      params={method: {"abs": True}} if method == "saliency" else {},
+                      input=InputInfo(height=56, width=56, channels=1))
+
+
+def _stage_inputs(connection: Redis, job: ExplainJob, digit: np.ndarray, spec) -> None:
+    pixels = np.asarray(digit, dtype=np.float32) / 255
+    pixels = np.kron(pixels, np.ones((2, 2), dtype=np.float32))  # 56 x 56, as the InputInfo says
+    for key, blob in job_inputs(job.job_id, pixels, spec, display_max_side=1024, keep_native=False).items():
+        connection.set(key, blob)
+
+
+@pytest.fixture
+def context(settings) -> WorkerContext:
+    ModelStore(settings.model_store_dir).register_directory(DEMO_DIR / MODEL)
+    return WorkerContext(settings, Redis.from_url(settings.redis_url))
+
+
+def test_a_batch_of_many_gives_each_job_what_a_batch_of_one_gives_it(context):
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    digits = [mnist_digit(3, 2), mnist_digit(8, 2), mnist_digit(8, 3)]
+    together = [_job(f"batch{i}") for i in range(3)]
+    alone = [_job(f"alone{i}") for i in range(3)]
+    for job, digit in zip(together + alone, digits + digits, strict=True):
+        _stage_inputs(context.connection, job, digit, spec)
+    batched = explain_batch(context, together, GroupProgress([], None))
+    singles = {job.job_id: explain_batch(context, [job], GroupProgress([], None))[job.job_id] for job in alone}
+    for index in range(3):
+        many, one = batched[f"batch{index}"], singles[f"alone{index}"]
+        assert isinstance(many, ExplainResult) and isinstance(one, ExplainResult)
+        assert (many.timing.batch_size, one.timing.batch_size) == (3, 1)
+        assert many.metrics["prediction"]["class"] == one.metrics["prediction"]["class"]
+        for key in ("deletion_auc", "insertion_auc"):
+            assert many.metrics["faithfulness"][key] == pytest.approx(one.metrics["faithfulness"][key], abs=1e-5)
+        assert many.metrics["complexity"] == one.metrics["complexity"]
+        stored = [decode_heatmap(context.results.get(job_id, "heatmap.f16")) for job_id in
+                  (f"batch{index}", f"alone{index}")]
+        np.testing.assert_allclose(*stored, rtol=2e-3, atol=1e-6)  # float16, and batched kernels round apart
+    assert [batched[f"batch{i}"].metrics["target"]["class_name"] for i in range(3)] == ["three", "eight", "eight"]
+
+
+def test_a_job_whose_input_expired_fails_alone_and_the_batch_goes_on(context):
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    jobs = [_job("kept0"), _job("gone"), _job("kept1")]
+    for job in jobs:
+        _stage_inputs(context.connection, job, mnist_digit(3), spec)
+    context.connection.delete(*input_keys("gone"))
+    ends = explain_batch(context, jobs, GroupProgress([], None))
+    assert ends["gone"].code == "input_expired"
+    assert isinstance(ends["kept0"], ExplainResult) and ends["kept1"].timing.batch_size == 2
+
+
+def test_progress_is_per_job_and_never_goes_backwards(settings):
+    connection = Redis.from_url(settings.redis_url)
+    queue = Queue("fast", connection=connection, serializer=JSONSerializer)
+    jobs = [queue.enqueue("workers.jobs.run_explanation", {}, meta={"progress": 0.0}) for _ in range(2)]
+    progress = GroupProgress(jobs, connection, min_interval_s=0.0)
+    seen = []
+    for stage, span, fraction in [(Stage.EXPLAINING, (0.1, 0.8), 0.5), (Stage.EXPLAINING, (0.1, 0.5), 0.0),
+                                  (Stage.SCORING, (0.8, 0.9), 0.0), (Stage.LOADING_MODEL, (0.0, 0.05), 1.0)]:
+        progress.stage(stage, span)
+        progress(fraction)
+        seen.append([Job.fetch(j.id, connection, JSONSerializer).meta["progress"] for j in jobs])
+    assert [s[0] for s in seen] == [0.45, 0.45, 0.8, 0.8] and all(a == b for a, b in seen)
+
+
+def test_a_worker_killed_mid_batch_leaves_every_job_of_it_failed_with_worker_lost(client, settings):
+    params = '{"iterations": 500}'  # minutes of work: the kill always lands mid-batch
+    job_ids = [submit(client, png(mnist_digit(3, i)), method="igos_pp", params=params).json()["job_id"]
+               for i in range(3)]
+    env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
+           "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+    try:
+        _wait_for(lambda: all(client.get(f"/v1/jobs/{j}").json()["status"] == "started" for j in job_ids), 60)
+    finally:
+        worker.kill()
+        worker.wait()
+    for job_id in job_ids:
+        job = _wait_for(lambda job_id=job_id: _ended(client, job_id), 30)
+        assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+
+
+def test_two_workers_on_one_queue_compute_every_job_exactly_once(client, settings):
+    job_ids = [submit(client, png(mnist_digit(3 if i % 2 else 8, i))).json()["job_id"] for i in range(24)]
+    env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
+           "XAI_BATCH_MAX": "4", "PATH": "/usr/bin:/bin"}
+    workers = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "fast", "--burst"],
+                                cwd=REPO, env=env) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+    connection = Redis.from_url(settings.redis_url)
+    computed_by = set()
+    for job_id in job_ids:
+        job = Job.fetch(job_id, connection, JSONSerializer)
+        assert job.get_status() == "finished"
+        results = job.results()
+        assert len(results) == 1, f"{job_id} was computed {len(results)} times"
+        computed_by.add(results[0].worker_name)
+    assert len(computed_by) == 2  # both workers took part
