@@ -54,7 +54,7 @@ class Member:
 
     job: ExplainJob
     image: np.ndarray  # canonical, at the model's input size
-    display: np.ndarray  # at most display_max_side on the long side, for the overlay
+    display: np.ndarray  # uint8, at most display_max_side on the long side, for the overlay
     native: np.ndarray | None  # the upload at its own resolution, patch mode only
     annotation: np.ndarray | None  # bool mask at the model's input size
 
@@ -138,7 +138,8 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
                        code="input_expired")
     display = decode_display(display_blob)
     if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
-        display = resize(display, *fit_within(*display.shape[:2], display_max_side))
+        smaller = resize(display.astype(np.float32), *fit_within(*display.shape[:2], display_max_side))
+        display = (np.clip(smaller, 0, 255) + 0.5).astype(np.uint8)
     return Member(
         job=job,
         image=decode_canonical(image_blob),

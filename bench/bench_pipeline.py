@@ -1,0 +1,334 @@
+"""The service end to end as a client sees it: input-size cost, method cost, batching, overhead, scale-out.
+
+Starts the real thing in a scratch folder: an embedded Redis, the gateway (``xai gateway``, uvicorn)
+and worker processes (``xai worker``), with the demo models registered; talks to it over HTTP like a
+client (POST, then poll the job until it ends). Every figure is a ratio measured in this one run.
+Run by hand (about 5 minutes on 2 CPU cores):
+
+    .venv/bin/python bench/bench_pipeline.py                 # all five parts
+    .venv/bin/python bench/bench_pipeline.py --parts batching,overhead
+    .venv/bin/python bench/bench_pipeline.py --image my_1024px_chest_xray.png
+
+The chest X-ray is a real NIH image (``--image``, default examples/00000211_019.png, 256 px) resized
+to each size; since an enlarged image is smoother than a real one of that size (so it decodes and
+compresses more easily), detector-like noise (std 1.5 grey levels) is added after resizing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.embedded import EmbeddedRedis  # noqa: E402
+from models import DEMO_DIR  # noqa: E402
+from models.store import ModelStore  # noqa: E402
+
+TERMINAL = {"finished", "failed", "canceled"}
+
+
+class Service:
+    """Redis, gateway and ``workers`` worker processes on ``queues``, in a scratch folder; stop() ends them."""
+
+    def __init__(self, scratch: Path, *, workers: int = 1, queues: str = "fast,slow", env: dict[str, str] | None = None):
+        self.redis_server = EmbeddedRedis(scratch / "redis", appendonly=False).start()
+        self.redis = Redis.from_url(self.redis_server.url)
+        port = _free_port()
+        self.env = os.environ | {"XAI_REDIS_URL": self.redis_server.url, "XAI_DATA_DIR": str(scratch),
+                                 "XAI_DEVICE": "cpu", "XAI_LOG_LEVEL": "WARNING", "XAI_PORT": str(port),
+                                 **(env or {})}
+        store = ModelStore(scratch / "models")
+        for folder in sorted(DEMO_DIR.glob("*/manifest.json")):
+            store.register_directory(folder.parent)
+        command = [sys.executable, "-m", "app.cli"]
+        self.processes = [subprocess.Popen([*command, "gateway"], env=self.env, cwd=REPO)]
+        self.processes += [subprocess.Popen([*command, "worker", "--queues", queues], env=self.env, cwd=REPO)
+                           for _ in range(workers)]
+        self.url = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: _answers(self.url + "/healthz"), 60)
+        _wait_until(lambda: len(self.redis.smembers("rq:workers")) >= workers, 120)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=30)
+        self.redis_server.stop()
+
+
+class Client:
+    """One caller: submits a file and polls its job until it ends."""
+
+    def __init__(self, url: str, poll_s: float):
+        self.http = httpx.Client(base_url=url, timeout=120)
+        self.poll_s = poll_s
+
+    def submit(self, data: bytes, model_id: str, method: str) -> str:
+        response = self.http.post("/v1/explanations", data={"model_id": model_id, "method": method},
+                                  files={"file": ("image.png", data)})
+        response.raise_for_status()
+        return response.json()["job_id"]
+
+    def wait(self, job_id: str) -> dict:
+        while True:
+            job = self.http.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(self.poll_s)
+
+    def explain(self, data: bytes, model_id: str, method: str) -> tuple[float, dict]:
+        """Seconds from POST to the poll that sees the job finished, and the job."""
+        started = time.perf_counter()
+        job = self.wait(self.submit(data, model_id, method))
+        if job["status"] != "finished":
+            raise RuntimeError(f"job ended {job['status']}: {job['error']}")
+        return time.perf_counter() - started, job
+
+
+def chest_xray_png(source: Path, size: int) -> bytes:
+    grey = Image.open(source).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    noisy = np.asarray(grey, dtype=np.float32) + np.random.default_rng(size).normal(0, 1.5, (size, size))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mnist_png(index: int) -> bytes:
+    import gzip
+
+    from models import SHARED_DATA
+
+    with gzip.open(SHARED_DATA / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    buffer = io.BytesIO()
+    Image.fromarray(images[index % len(images)]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def job_bytes(redis: Redis, job_id: str) -> int:
+    """Bytes Redis holds for one ended job: every key naming it (job hash, results, files, indexes)."""
+    return sum(redis.memory_usage(key) or 0 for key in redis.scan_iter(f"*{job_id}*"))
+
+
+def input_size(service: Service, image: Path, repeats: int) -> None:
+    client = Client(service.url, poll_s=0.005)
+    sizes = (64, 1024, 3000)
+    pngs = {size: chest_xray_png(image, size) for size in sizes}
+    client.explain(pngs[64], "nih-cardiomegaly", "syce")  # warm-up: model and generators resident
+    print("\n## Input size: SyCE on nih-cardiomegaly, one client, sequential")
+    print("size px  PNG KiB  median s  Redis KiB per finished job (max)")
+    latency = {}
+    for size in sizes:
+        runs = [client.explain(pngs[size], "nih-cardiomegaly", "syce") for _ in range(repeats)]
+        latency[size] = statistics.median(seconds for seconds, _ in runs)
+        kept = max(job_bytes(service.redis, job["job_id"]) for _, job in runs)
+        print(f"{size:7d}  {len(pngs[size]) / 1024:7.0f}  {latency[size]:8.3f}  {kept / 1024:8.0f}")
+    print(f"latency ratio 1024/64 = {latency[1024] / latency[64]:.2f} (target <= 1.5); "
+          f"3000/1024 = {latency[3000] / latency[1024]:.2f} (target <= 1.3)")
+
+
+def method_cost(service: Service, image: Path, repeats: int) -> None:
+    client = Client(service.url, poll_s=0.005)
+    data = chest_xray_png(image, 1024)
+    figures = {}
+    for method in ("syce", "integrated_gradients"):
+        client.explain(data, "nih-cardiomegaly", method)  # warm-up
+        runs = [client.explain(data, "nih-cardiomegaly", method) for _ in range(repeats)]
+        figures[method] = (statistics.median(s for s, _ in runs),
+                           statistics.median(j["result"]["timing"]["explain_ms"] for _, j in runs) / 1000)
+    (e2e_syce, compute_syce), (e2e_ig, compute_ig) = figures["syce"], figures["integrated_gradients"]
+    compute_ratio, e2e_ratio = compute_ig / compute_syce, e2e_ig / e2e_syce
+    print("\n## Method cost: IG (50 steps) vs SyCE on a 1024 px chest X-ray, nih-cardiomegaly")
+    print(f"end to end s: SyCE {e2e_syce:.3f}, IG {e2e_ig:.3f}; compute s: SyCE {compute_syce:.3f}, IG {compute_ig:.3f}")
+    print(f"IG/SyCE end to end {e2e_ratio:.2f}x, compute {compute_ratio:.2f}x: end to end shows "
+          f"{e2e_ratio / compute_ratio:.0%} of the compute ratio (target >= 70%)")
+
+
+def batching(service: Service, count: int) -> None:
+    pngs = [mnist_png(i) for i in range(count)]
+    client = Client(service.url, poll_s=0.01)
+    client.explain(pngs[0], "mnist-3v8", "syce")  # warm-up
+    started = time.perf_counter()
+    for data in pngs:
+        client.explain(data, "mnist-3v8", "syce")
+    one_by_one = time.perf_counter() - started
+    clients = [Client(service.url, poll_s=0.01) for _ in range(count)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        jobs = list(pool.map(lambda pair: pair[0].explain(pair[1], "mnist-3v8", "syce"), zip(clients, pngs)))
+    concurrent = time.perf_counter() - started
+    sizes = [job["result"]["timing"]["batch_size"] for _, job in jobs]
+    print(f"\n## Batching: {count} SyCE requests on mnist-3v8")
+    print(f"one after another {one_by_one:.2f} s; all at once {concurrent:.2f} s "
+          f"(batch sizes: mean {statistics.mean(sizes):.1f}, max {max(sizes)}); "
+          f"speed-up {one_by_one / concurrent:.2f}x (target >= 3x)")
+
+
+def overhead(service: Service, clients: int, per_client: int) -> None:
+    data = mnist_png(0)
+    Client(service.url, poll_s=0.01).explain(data, "mnist-3v8", "saliency")  # warm-up
+    ours = _rate(clients, per_client, lambda: _service_round_trip(service.url, data))
+    raw = _raw_rq_rate(service, clients, per_client)
+    print(f"\n## Service overhead: cheapest job (saliency, mnist-3v8, 28 px) from {clients} clients")
+    print(f"ours {ours:.1f} jobs/s; raw RQ no-op round trip {raw:.1f} jobs/s on the same Redis; "
+          f"ours is {ours / raw:.0%} of raw (target >= 50%)")
+
+
+def scale_out(scratch: Path, jobs: int, clients: int) -> None:
+    service = Service(scratch / "scale-out", workers=2, queues="fast")
+    try:
+        data = [mnist_png(i) for i in range(jobs)]
+        http = [Client(service.url, poll_s=0.05) for _ in range(clients)]
+        submitted: list[str] = []
+        lock = threading.Lock()
+
+        def send(index: int) -> None:
+            job_id = http[index % clients].submit(data[index], "mnist-3v8", "saliency")
+            with lock:
+                submitted.append(job_id)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, range(jobs)))
+        ended = _wait_all_ended(service.redis, submitted, 600)
+        seconds = time.perf_counter() - started
+        records = [Job.fetch(job_id, service.redis, JSONSerializer) for job_id in submitted]
+        finished = sum(job.get_status() == "finished" for job in records)
+        twice = sum(len(job.results()) > 1 for job in records)
+        workers = {job.results()[0].worker_name for job in records if job.results()}
+        print(f"\n## Scale-out: two fast workers, {jobs} jobs from {clients} clients ({seconds:.1f} s)")
+        print(f"submitted {len(submitted)}, finished {finished}, ended otherwise {ended - finished}, "
+              f"lost {len(submitted) - ended}, computed twice {twice}; workers that computed: {len(workers)}")
+    finally:
+        service.stop()
+
+
+def _service_round_trip(url: str, data: bytes) -> None:
+    client = _thread_client(url)
+    client.explain(data, "mnist-3v8", "saliency")
+
+
+_local = threading.local()
+
+
+def _thread_client(url: str) -> Client:
+    if getattr(_local, "client", None) is None:
+        _local.client = Client(url, poll_s=0.005)
+    return _local.client
+
+
+def _raw_rq_rate(service: Service, clients: int, per_client: int) -> float:
+    """No-op jobs (os.getpid) through RQ alone: enqueue, a plain SimpleWorker runs it, the client polls."""
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from redis import Redis; from rq import Queue, SimpleWorker; "
+         "from rq.serializers import JSONSerializer; r = Redis.from_url(sys.argv[1]); "
+         "SimpleWorker([Queue('noop', connection=r, serializer=JSONSerializer)], connection=r, "
+         "serializer=JSONSerializer).work(logging_level='WARNING')", service.redis_server.url], env=service.env)
+    queue = Queue("noop", connection=service.redis, serializer=JSONSerializer)
+
+    def round_trip() -> None:
+        job = queue.enqueue("os.getpid", result_ttl=600)
+        while job.get_status(refresh=True) != "finished":
+            time.sleep(0.005)
+
+    try:
+        round_trip()  # warm-up
+        return _rate(clients, per_client, round_trip)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def _rate(clients: int, per_client: int, round_trip: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: [round_trip() for _ in range(per_client)], range(clients)))
+    return clients * per_client / (time.perf_counter() - started)
+
+
+def _wait_all_ended(redis: Redis, job_ids: list[str], timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = [job.get_status() if job else None for job in Job.fetch_many(job_ids, redis, JSONSerializer)]
+        ended = sum(status in TERMINAL for status in statuses)
+        if ended == len(job_ids) or time.monotonic() > deadline:
+            return ended
+        time.sleep(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not come up in time")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="input-size,method-cost,batching,overhead,scale-out")
+    parser.add_argument("--image", type=Path, default=REPO / "examples" / "00000211_019.png")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--per-client", type=int, default=20)
+    parser.add_argument("--scale-jobs", type=int, default=1000)
+    parser.add_argument("--scale-clients", type=int, default=50)
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    print(f"bench_pipeline on {os.cpu_count()} CPU core(s); image {args.image}")
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        if parts & {"input-size", "method-cost", "batching", "overhead"}:
+            service = Service(scratch / "single", workers=1, env={"XAI_BATCH_MAX": str(max(args.batch, 16))})
+            try:
+                if "input-size" in parts:
+                    input_size(service, args.image, args.repeats)
+                if "method-cost" in parts:
+                    method_cost(service, args.image, args.repeats)
+                if "batching" in parts:
+                    batching(service, args.batch)
+                if "overhead" in parts:
+                    overhead(service, args.clients, args.per_client)
+            finally:
+                service.stop()
+        if "scale-out" in parts:
+            scale_out(scratch, args.scale_jobs, args.scale_clients)
+
+
+if __name__ == "__main__":
+    main()
