@@ -9,6 +9,8 @@ Torch is never imported here.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from models.manifest import InputSpec
@@ -64,10 +66,11 @@ def job_inputs(
     - the annotation at the model's input size, where localisation is scored.
     """
     height, width = pixels.shape[:2]
-    inputs = {
-        input_key(job_id): encode_canonical(resize(pixels, spec.height, spec.width)),
-        display_key(job_id): encode_display(resize(pixels, *fit_within(height, width, display_max_side))),
-    }
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two passes over a large upload, side by side (no GIL)
+        model_size = pool.submit(resize, pixels, spec.height, spec.width)
+        display = pool.submit(resize, pixels, *fit_within(height, width, display_max_side))
+        inputs = {input_key(job_id): encode_canonical(model_size.result()),
+                  display_key(job_id): encode_display(display.result())}
     if keep_native:
         inputs[native_key(job_id)] = encode_canonical(pixels)
     if annotation is not None:

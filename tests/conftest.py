@@ -57,6 +57,7 @@ def settings(redis_server, tmp_path) -> Settings:
         redis_url=redis_server.url,
         data_dir=tmp_path / "var",
         device="cpu",
+        torch_threads=1,
         heartbeat_s=1,
         abandoned_after_s=3,
         log_level="WARNING",

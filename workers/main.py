@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from workers import claim, jobs
-from workers.runtime import WorkerContext
+from workers.runtime import WorkerContext, set_torch_threads
 from xai.settings import Settings
 
 log = logging.getLogger("xai.worker")
@@ -78,9 +78,10 @@ class ExplainWorker(SimpleWorker):
 def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, name: str | None = None) -> bool:
     """Preload the worker context (device, model cache), then work the queues until stopped."""
     connection = Redis.from_url(settings.redis_url)
+    threads = set_torch_threads(settings.torch_threads)
     context = WorkerContext(settings, connection)
     jobs.install_context(context)
-    log.info("worker on %s for queues %s", context.device, ",".join(queues))
+    log.info("worker on %s (%d CPU threads) for queues %s", context.device, threads, ",".join(queues))
     worker = ExplainWorker(
         [Queue(name, connection=connection, serializer=JSONSerializer) for name in queues],
         settings=settings,

@@ -99,16 +99,15 @@ def explain_batch(
         predictions = scoring.predictions(loaded.classifier, batch, loaded.manifest.class_names)
         targets = [p["class"] if m.job.target is None else m.job.target for p, m in zip(predictions, members)]
         per_method = _explain(ctx, loaded, members, batch, targets, progress)
+    # Rendering needs only the heatmaps: it runs on its own thread while the scoring passes run
+    # (libpng, Pillow and torch all release the GIL), so it adds little to a job's latency.
+    rendering = ctx.render_pool.submit(_render_all, members, per_method)
     with clock("score"):
         progress.stage(Stage.SCORING, SPANS[Stage.SCORING])
         for results in per_method.values():
             _score(loaded, batch, members, targets, results)
-    files, render_ms = {}, {}
     progress.stage(Stage.RENDERING, SPANS[Stage.RENDERING])
-    for index, member in enumerate(members):
-        started = time.perf_counter()
-        files[member.job.job_id] = _render(member, {m: results[index] for m, results in per_method.items()})
-        render_ms[member.job.job_id] = (time.perf_counter() - started) * 1000
+    files, render_ms = rendering.result()
     with clock("store"):
         progress.stage(Stage.STORING, SPANS[Stage.STORING])
         ctx.results.put(files, ctx.settings.result_ttl_s)
@@ -186,6 +185,18 @@ def _at_size(heatmap: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(heatmap.shape) == size:
         return heatmap.float()
     return torch.from_numpy(resize(heatmap.float().numpy(), size[0], size[1]))
+
+
+def _render_all(
+    members: list[Member], per_method: dict[str, list[MethodResult]]
+) -> tuple[dict[str, dict[str, bytes]], dict[str, float]]:
+    """Every job's files, and the milliseconds each job's took."""
+    files, render_ms = {}, {}
+    for index, member in enumerate(members):
+        started = time.perf_counter()
+        files[member.job.job_id] = _render(member, {m: results[index] for m, results in per_method.items()})
+        render_ms[member.job.job_id] = (time.perf_counter() - started) * 1000
+    return files, render_ms
 
 
 def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Gateway port")
     api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list of {name, key|key_sha256, scopes}")
     device: str = Field("auto", description="Worker torch device: auto, cpu, cuda, cuda:N")
+    torch_threads: int = Field(0, ge=0, le=256, description="CPU threads per worker for torch; 0: half the "
+                               "machine's cores (at least 1), since several workers share them")
     input_ttl_s: int = Field(6 * 3600, description="How long an uploaded input is kept for its job")
     result_ttl_s: int = Field(24 * 3600, description="How long finished results are kept")
     failure_ttl_s: int = Field(24 * 3600, description="How long failed jobs are kept")
