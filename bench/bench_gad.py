@@ -33,7 +33,7 @@ from torch import nn
 from models.loader import Classifier, load_classifier
 from models.manifest import InputSpec, ModelManifest
 from models.networks.small_cnn import SmallCNN
-from models.training.gad import read_artifact
+from models.artifacts.gad import read_artifact
 from workers.explainers.gad import BASE_METHODS, attribute, build_stack
 from workers.runtime import pick_device
 

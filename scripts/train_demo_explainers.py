@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
+from models.artifacts.syce import CONFIG_NAME, load_artifact
 from models.loader import load_classifier
 from models.manifest import ModelManifest
 from models.training import demo
-from models.training.syce import ARTIFACT_DIR, CONFIG_NAME, evaluate_pair, load_artifact, train
+from models.training.syce import ARTIFACT_DIR, evaluate_pair, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "models" / "demo"

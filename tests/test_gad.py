@@ -17,14 +17,8 @@ from torch import nn
 
 from models.loader import Classifier
 from models.manifest import InputSpec, ModelManifest
-from models.training.gad import (
-    CHECKPOINT_FILE,
-    assign_to_pair,
-    distanced_targets,
-    read_artifact,
-    train,
-    write_artifact,
-)
+from models.artifacts.gad import read_artifact, write_artifact
+from models.training.gad import CHECKPOINT_FILE, assign_to_pair, distanced_targets, train
 from workers.explainers.gad import (
     BASE_METHODS,
     GAD,

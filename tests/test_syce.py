@@ -16,15 +16,8 @@ from torch import nn
 
 from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, widths_for_size
-from models.training.syce import (
-    CHECKPOINT_NAME,
-    GENERATOR_FILES,
-    GeneratorPair,
-    gradient_penalty,
-    load_artifact,
-    side_logit,
-    train,
-)
+from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
+from models.training.syce import CHECKPOINT_NAME, gradient_penalty, train
 from workers.explainers.cyce import CyCE
 from workers.explainers.syce import SyCE
 from workers.precision import explain_autocast_or_float32
@@ -345,3 +338,16 @@ def test_missing_or_wrong_artifacts_are_clear_errors(trained, tmp_path):
             torch.rand(1, 1, 8, 8), [1], {}
         )
     assert size.value.code == "artifact_input_mismatch"
+
+
+def test_explainers_read_artifacts_without_the_training_code():
+    """A worker that only explains must not load optimisers, discriminators or data loading."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workers.explainers.syce, workers.explainers.cyce, workers.explainers.gad; "
+        "print(sorted(m for m in sys.modules if m.startswith('models.training')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -25,7 +25,7 @@ last epoch are the artifact (the reference keeps the epoch of lowest validation 
 Example:
     >>> params = {"variant": "syce", "epochs": 20}
     >>> summary = train(classifier, images, Path("runs/mnist"), params, progress, "cpu")
-    >>> pair = load_artifact(Path("runs/mnist/artifact"), "cpu")
+    >>> pair = models.artifacts.syce.load_artifact(Path("runs/mnist/artifact"), "cpu")
     >>> counterfactuals = pair.translate(images, pair.sides(classifier(images)))
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,19 +45,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.artifacts.syce import (
+    FORMAT_VERSION,
+    GeneratorPair,
+    decision_sides,
+    resolve_target_class,
+    side_logit,
+    write_artifact,
+)
 from models.guard import model_left_as_found, predict_logits
 from models.networks.discriminator import Discriminator, discriminator_widths_for_size
 from models.networks.unet import UNetGenerator, widths_for_size
-from xai.errors import InvalidInput, ServiceError
+from xai.errors import InvalidInput
 from xai.methods.syce import resolve_preset, training_spec
 
 Progress = Callable[[float, str | None], None]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 ARTIFACT_DIR = "artifact"
-CONFIG_NAME = "config.json"
-GENERATOR_FILES = ("generator_0.pt", "generator_1.pt")
-FORMAT_VERSION = 1
 PREDICTION_BATCH = 256
 PROGRESS_INTERVAL_S = 1.0
 # A checkpoint made with different values of these cannot be continued: the networks or the data
@@ -73,137 +77,6 @@ RESUME_KEYS = (
     "seed",
     "image_shape",
 )
-
-
-# ----------------------------------------------------------------------------- decisions
-
-
-def side_logit(logits: torch.Tensor, target_class: int) -> torch.Tensor:
-    """Log-odds of ``target_class`` against all other classes: ``log p_t - log(1 - p_t)``.
-
-    For the two logits ``[-z/2, z/2]`` of a sigmoid model and ``target_class=1`` this is ``z``.
-    """
-    others = logits.masked_fill(
-        torch.arange(logits.shape[1], device=logits.device) == target_class, float("-inf")
-    )
-    return logits[:, target_class] - torch.logsumexp(others, dim=1)
-
-
-def decision_sides(logits: torch.Tensor, target_class: int) -> torch.Tensor:
-    """1 where the classifier decides ``target_class`` (its argmax), else 0, as a long tensor."""
-    return (logits.argmax(dim=1) == target_class).long()
-
-
-def resolve_target_class(num_classes: int, target_class: int | None) -> int:
-    """Class 1 for binary models by default; multi-class models must name the class to explain."""
-    if target_class is None:
-        if num_classes == 2:
-            return 1
-        raise InvalidInput(
-            f"the classifier has {num_classes} classes: name the class to explain against the rest "
-            "(target_class)",
-            code="target_class_required",
-        )
-    if not 0 <= target_class < num_classes:
-        raise InvalidInput(
-            f"target_class {target_class} is out of range; the classifier has classes 0..{num_classes - 1}",
-            code="invalid_target_class",
-        )
-    return target_class
-
-
-# ----------------------------------------------------------------------------- artifact
-
-
-@dataclass
-class GeneratorPair:
-    """The trained generators of one classifier, ready for inference (eval mode, on one device).
-
-    Attributes:
-        variant: "syce" or "cyce".
-        target_class: The class explained against the rest.
-        generators: ``generators[s]`` maps images the classifier puts on side ``s`` to the other side.
-        config: The artifact's ``config.json`` (architecture, input, training summary).
-    """
-
-    variant: str
-    target_class: int
-    generators: tuple[nn.Module, nn.Module]
-    config: dict[str, Any]
-
-    def sides(self, logits: torch.Tensor) -> torch.Tensor:
-        """The decision side of each image given the classifier's logits."""
-        return decision_sides(logits, self.target_class)
-
-    def translate(self, images: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
-        """``G[sides[i]](images[i])`` for every i, with one generator pass per side present.
-
-        The output has the generators' dtype (float16 under autocast without a residual output).
-        """
-        out = None
-        for side in (0, 1):
-            chosen = sides == side
-            if chosen.any():
-                generated = self.generators[side](images[chosen])
-                out = generated.new_empty(images.shape) if out is None else out
-                out[chosen] = generated
-        return images.clone() if out is None else out
-
-
-def load_artifact(folder: Path, device: torch.device | str) -> GeneratorPair:
-    """Read an artifact folder written by ``train`` onto ``device``, generators in eval mode.
-
-    Raises:
-        ServiceError: ``artifact_unreadable`` when the folder is missing, incomplete or corrupt.
-    """
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        generators = []
-        for file_name in GENERATOR_FILES:
-            generator = UNetGenerator(**config["architecture"]["args"])
-            state = torch.load(folder / file_name, map_location="cpu", weights_only=True)
-            generator.load_state_dict(state)
-            generators.append(generator.to(device).eval())
-        return GeneratorPair(config["variant"], int(config["target_class"]), tuple(generators), config)
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ServiceError(
-            f"the SyCE/CyCE artifact in {folder} cannot be read ({type(error).__name__}: {error}); "
-            "train it again",
-            code="artifact_unreadable",
-        ) from error
-
-
-def _write_artifact(
-    out_dir: Path, generators: list[UNetGenerator], plan: TrainingPlan, summary: dict
-) -> Path:
-    """Write generator weights and config.json into a fresh folder, then move it to out_dir/artifact."""
-    final = out_dir / ARTIFACT_DIR
-    staging = out_dir / f".{ARTIFACT_DIR}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for generator, file_name in zip(generators, GENERATOR_FILES):
-        torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, staging / file_name)
-    channels, height, width = plan.image_shape
-    explained = f"the classifier decides as class {plan.target_class}"
-    config = {
-        "format_version": FORMAT_VERSION,
-        "variant": plan.variant,
-        "explanation": "|G(G(x)) - G(x)|" if plan.variant == "syce" else "|x - G(x)|",
-        "target_class": plan.target_class,
-        "num_classes": plan.num_classes,
-        "generators": {
-            GENERATOR_FILES[0]: f"applied to images other than those {explained}",
-            GENERATOR_FILES[1]: f"applied to images {explained}",
-        },
-        "architecture": {"name": "unet", "args": generators[0].config},
-        "input": {"channels": channels, "height": height, "width": width},
-        "training": summary,
-    }
-    (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
-    return final
 
 
 # ----------------------------------------------------------------------------- plan
@@ -409,7 +282,17 @@ class TrainingRun:
                 f"validation flip rate {record['validation_flip_rate']}",
             )
         summary = self._summary()
-        summary["artifact"] = str(_write_artifact(self.out_dir, self.generators, self.plan, summary))
+        plan = self.plan
+        artifact = write_artifact(
+            self.out_dir / ARTIFACT_DIR,
+            self.generators,
+            plan.variant,
+            plan.target_class,
+            plan.num_classes,
+            plan.image_shape,
+            summary,
+        )
+        summary["artifact"] = str(artifact)
         return summary
 
     def _report(self, progress: Progress, fraction: float, note: str) -> None:

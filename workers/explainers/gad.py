@@ -1,8 +1,9 @@
 """GAD: a gradient method filtered by class-distanced support models (Mazini Rodrigues et al., 2024).
 
 Gradient Artificial Distancing, section 4.3 and Figure 3 of the paper: the base gradient method runs
-on the classifier and on every support model (``models.training.gad``: copies fine-tuned to push the
-two classes' logits apart by alpha), and only the pixels important in all of these maps are kept.
+on the classifier and on every support model (copies fine-tuned to push the two classes' logits
+apart by alpha; trained by ``models.training.gad``, read through ``models.artifacts.gad``), and only
+the pixels important in all of these maps are kept.
 
 Our rules where the paper is silent (``xai.methods.gad.DESIGN_CHOICES`` states them in full):
 
@@ -51,7 +52,7 @@ from scipy.spatial import ConvexHull
 from torch import nn
 from torch.func import functional_call
 
-from models.training.gad import SupportArtifact, read_artifact
+from models.artifacts.gad import SupportArtifact, read_artifact
 from workers import scoring
 from workers.explainers._catalogue import ReportingModel, channel_heatmap, sub_progress
 from workers.explainers.base import Explainer, Explanation, Progress, no_progress
@@ -336,7 +337,7 @@ class GAD(Explainer):
     Args:
         model: The ``Classifier``.
         target_layer: Unused (GAD works on input gradients).
-        artifacts: The model version's GAD artifact folder (``models.training.gad.write_artifact``).
+        artifacts: The model version's GAD artifact folder (``models.artifacts.gad.write_artifact``).
 
     Raises:
         Conflict: ``gad_not_trained`` without artifacts; ``gad_artifact_mismatch`` when the artifact

@@ -1,7 +1,7 @@
 """SyCE: the symmetrically conditioned explanation (Charachon et al. 2021, section 4).
 
-Two generators trained for this classifier (``models.training.syce``) map images the classifier
-decides one way to images it decides the other way. For an input x decided on side s, the
+Two generators trained for this classifier (format: ``models.artifacts.syce``) map images the
+classifier decides one way to images it decides the other way. For an input x decided on side s, the
 adversarial image is ``x_a = G[s](x)`` and the stable image ``x_st = G[s](x_a)`` (the same generator
 applied again, as the reference code does); the explanation is ``|x_st - x_a|`` averaged over
 channels. Comparing two generated images instead of the input cancels what the generator cannot
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from models.training.syce import GeneratorPair, load_artifact
+from models.artifacts.syce import GeneratorPair, load_artifact
 from workers.explainers.base import Explainer, Explanation, Progress
 from xai.errors import Conflict, InvalidInput, ServiceError
 
