@@ -13,14 +13,16 @@ ratios.
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_igos_pp.py --threads 1 [--model nih-cardiomegaly]
         [--images 5] [--rgb-size 224] [--device cpu] [--iterations 15] [--integration-steps 20]
-        [--mask-size 28] [--ours '{"line_search_points": 20}'] [--paper-arm] [--json out.json]
+        [--mask-size 28] [--ours '{"line_search_points": 20}'] [--variant 'NAME={"line_search_start": "restart"}']
+        [--paper-arm] [--json out.json]
 
 ``--model`` is a demo id (models/demo/) or a torchvision architecture (``resnet18``: seeded random
 initialisation, 1000 classes, ImageNet normalisation inside, at ``--rgb-size`` x ``--rgb-size``).
 A demo model is explained, as the published code needs, through an RGB front end of that size
 (grey conversion and an antialiased resize to the model's input; ``--rgb-size 0``: its own input).
 The images are the demo registry's held-out test split of nih-cardiomegaly (or of the demo model
-given), read at that size, balanced by class. ``--paper-arm`` adds the service's explainer with
+given), read at that size, balanced by class. ``--variant`` adds arms of ours with some parameters
+changed (the ablations in the README); ``--paper-arm`` adds the service's explainer with
 the paper's schedule (``PAPER_SCHEDULE``), which should give the reference's heatmaps.
 """
 
@@ -155,7 +157,7 @@ def timed(device: torch.device, run) -> tuple[torch.Tensor, float]:
     return result, time.perf_counter() - started
 
 
-def arms(params: dict, ours: dict, paper_arm: bool) -> dict:
+def arms(params: dict, ours: dict, variants: dict[str, dict], paper_arm: bool) -> dict:
     """Arm name -> function (model, image 1 x C x H x W, target) -> H x W heatmap."""
 
     def service(chosen: dict):
@@ -167,6 +169,8 @@ def arms(params: dict, ours: dict, paper_arm: bool) -> dict:
         "published schedule (reference)": lambda model, image, target: reference_igos_pp(model, image, target, params),
         "ours (igos_pp defaults)": service(params | ours),
     }
+    for name, changes in variants.items():
+        runs[f"ours, {name}"] = service(params | ours | changes)
     if paper_arm:
         runs["ours, paper schedule"] = service(params | igos_spec.PAPER_SCHEDULE)
     return runs
@@ -182,6 +186,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--integration-steps", type=int, default=20)
     parser.add_argument("--ours", default="{}", help="JSON of igos_pp parameters for our arm only")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=JSON",
+        help="another arm: ours with these parameters changed (repeatable), e.g. 'restart={\"line_search_start\": \"restart\"}'",
+    )
     parser.add_argument("--paper-arm", action="store_true", help="add ours with the paper's schedule")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (both arms)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -205,7 +213,8 @@ def main() -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; targets {targets}"
     )
     counter = PassCounter(model).eval()
-    runs = arms(params, ours, args.paper_arm)
+    variants = {name: json.loads(changes) for name, changes in (v.split("=", 1) for v in args.variant)}
+    runs = arms(params, ours, variants, args.paper_arm)
     # Warm-up (lazy initialisation, allocator) so that neither arm pays it inside the timing.
     optimise(counter, images[:1], targets[:1], params | {"iterations": 1}, no_progress)
     records = {name: [] for name in runs}

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from models import DEMO_DIR
 from models.loader import load_classifier, resolve_layer
 from models.manifest import ModelManifest
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 BASELINES = ("integrated_gradients", "grad_cam", "saliency")
 STEPS = 50
 AUC_KEYS = ("deletion_auc", "insertion_auc")

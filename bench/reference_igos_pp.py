@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.guard import model_left_as_found
 from workers.explainers.igos_pp import (
     TERM_SIGNS,
     Settings,
@@ -41,10 +42,11 @@ def reference_igos_pp(model: nn.Module, image: torch.Tensor, target: int, params
 
     ``params`` are validated ``igos_pp`` parameters (defaults filled); only the optimisation ones are
     read (mask, iterations, integration steps, weights, noise, blur, line-search constants, seed):
-    the published schedule is fixed here whatever the service's line-search settings say.
+    the published schedule is fixed here whatever the service's line-search settings say. The model
+    runs in eval mode with its weights frozen, as in the service (restored afterwards).
     """
-    model.eval()
-    with torch.enable_grad():
+    with torch.enable_grad(), model_left_as_found(model):
+        model.requires_grad_(False)
         return _PublishedSchedule(model, image.detach().float(), target, params).run()
 
 
