@@ -12,14 +12,15 @@ from __future__ import annotations
 from enum import StrEnum
 
 
-class ErrorCode(StrEnum):
-    """A stable error code: ``value`` is what callers see; ``http_status`` and ``message`` go with it."""
+class _CodeBase(StrEnum):
+    """What every error code carries. ``ErrorCode`` is this with the rows of ``_CODES`` as members, made by
+    the functional Enum API: a class body would need one assignment statement per code."""
 
     http_status: int
     message: str
     group: str
 
-    def __new__(cls, value: str, http_status: int, group: str, message: str) -> ErrorCode:
+    def __new__(cls, value: str, http_status: int, group: str, message: str) -> _CodeBase:
         member = str.__new__(cls, value)
         member._value_ = value
         member.http_status = http_status
@@ -27,120 +28,95 @@ class ErrorCode(StrEnum):
         member.message = message
         return member
 
-    # The request
-    INVALID_REQUEST = "invalid_request", 422, "request", "a field is missing or malformed (the message names it)"
-    INVALID_PARAMS = "invalid_params", 422, "request", "a method parameter is unknown, of the wrong type or out of range"
-    INVALID_TARGET = "invalid_target", 422, "request", "the target is not a class index or name of the model"
-    INVALID_QUALITY = "invalid_quality", 422, "request", "an unknown quality metric was asked for"
-    UNKNOWN_METHOD = "unknown_method", 422, "request", "no such method; GET /v1/methods lists them"
-    NOT_TRAINABLE = "not_trainable", 422, "request", "the method has no per-model artifacts to train"
-    METHOD_NOT_ALLOWED = "method_not_allowed", 405, "request", "this path does not answer that HTTP method"
-    NOT_FOUND = "not_found", 404, "request", "no such route"
-    HTTP_ERROR = "http_error", 400, "request", "the HTTP request is malformed"
-    # The upload
-    EMPTY_FILE = "empty_file", 422, "upload", "the uploaded file is empty"
-    CORRUPT_IMAGE = "corrupt_image", 422, "upload", "the upload is truncated or corrupt"
-    UNSUPPORTED_FORMAT = "unsupported_format", 415, "upload", \
-        "not PNG, JPEG, TIFF or DICOM (sniffed from the bytes, never the file name)"
-    DICOM_NO_PIXEL_DATA = "dicom_no_pixel_data", 422, "upload", "the DICOM instance has no (7FE0,0010) Pixel Data"
-    DICOM_TRUNCATED_PIXEL_DATA = "dicom_truncated_pixel_data", 422, "upload", \
-        "the DICOM Pixel Data is shorter than its rows, columns and bits say"
-    DICOM_UNSUPPORTED_TRANSFER_SYNTAX = "dicom_unsupported_transfer_syntax", 415, "upload", \
-        "the DICOM transfer syntax cannot be decoded here (the message names it)"
-    DICOM_UNSUPPORTED_PHOTOMETRIC = "dicom_unsupported_photometric", 415, "upload", \
-        "the DICOM photometric interpretation is not supported (the message names it)"
-    FRAME_OUT_OF_RANGE = "frame_out_of_range", 422, "upload", "frame is beyond (0028,0008) Number of Frames"
-    INVALID_IMAGE_SHAPE = "invalid_image_shape", 422, "upload", "the image is neither grey nor RGB"
-    INVALID_ANNOTATION = "invalid_annotation", 422, "upload", \
-        "boxes are not [[x, y, w, h], ...] inside the image, or the mask has another shape"
-    EMPTY_ANNOTATION = "empty_annotation", 422, "upload", "the annotation marks no pixel"
-    PAYLOAD_TOO_LARGE = "payload_too_large", 413, "upload", "the upload is larger than XAI_MAX_UPLOAD_BYTES"
-    IMAGE_TOO_LARGE = "image_too_large", 413, "upload", "the image has more pixels than XAI_MAX_PIXELS"
-    TOO_MANY_FRAMES = "too_many_frames", 413, "upload", "the DICOM has more frames than XAI_MAX_FRAMES"
-    IMAGE_SMALLER_THAN_PATCH = "image_smaller_than_patch", 422, "upload", \
-        "patch mode needs an image larger than the model's input"
-    # Lookups
-    UNKNOWN_MODEL = "unknown_model", 404, "lookup", "no model registered under that id"
-    UNKNOWN_MODEL_VERSION = "unknown_model_version", 404, "lookup", "the model has no such version"
-    UNKNOWN_JOB = "unknown_job", 404, "lookup", "no such job for this API key (it may have expired or been deleted)"
-    UNKNOWN_FILE = "unknown_file", 404, "lookup", "the job has no such result file (the message lists its files)"
-    UNKNOWN_DEMO = "unknown_demo", 422, "lookup", "no shipped demo model of that name"
-    # The model and its artifacts
-    METHOD_UNAVAILABLE = "method_unavailable", 409, "model", \
-        "the model lacks the method's artifacts (train them) or a target layer"
-    MODEL_NOT_READY = "model_not_ready", 409, "model", "the model is still being validated, or was found invalid"
-    INVALID_MANIFEST = "invalid_manifest", 422, "model", "the registration manifest does not validate"
-    UNKNOWN_ARCHITECTURE = "unknown_architecture", 422, "model", "the manifest names an architecture not offered"
-    INVALID_ARCHITECTURE_ARGS = "invalid_architecture_args", 422, "model", "the architecture's arguments are invalid"
-    WEIGHTS_UNREADABLE = "weights_unreadable", 422, "model", "the weights file is neither a state_dict nor TorchScript"
-    WEIGHTS_DO_NOT_MATCH_ARCHITECTURE = "weights_do_not_match_architecture", 422, "model", \
-        "the weights do not fit the architecture"
-    WEIGHTS_CHECKSUM_MISMATCH = "weights_checksum_mismatch", 500, "model", \
-        "the stored weights no longer match their recorded sha256"
-    WRONG_NUMBER_OF_OUTPUTS = "wrong_number_of_outputs", 422, "model", \
-        "the model's output width differs from its class names"
-    MODEL_FORWARD_FAILED = "model_forward_failed", 422, "model", "the model raised an error on an input of its spec"
-    NON_FINITE_OUTPUT = "non_finite_output", 422, "model", "the model produced NaN or infinite outputs"
-    UNKNOWN_LAYER = "unknown_layer", 422, "model", "the manifest's target layer is not in the network"
-    TARGET_LAYER_REQUIRED = "target_layer_required", 422, "model", "a CAM method needs a target layer in the manifest"
-    METHOD_UNSUPPORTED_BY_MODEL = "method_unsupported_by_model", 422, "model", \
-        "the method cannot run on this network (the message says why)"
-    TARGET_OUT_OF_RANGE = "target_out_of_range", 422, "model", "the target class index is beyond the model's classes"
-    CLASS_NOT_PREDICTED = "class_not_predicted", 422, "model", \
-        "a one-vs-rest method was asked for a class outside its trained pair"
-    ARTIFACT_MISSING = "artifact_missing", 409, "model", "the method's trained artifact is missing"
-    ARTIFACT_UNREADABLE = "artifact_unreadable", 500, "model", "the method's trained artifact cannot be read"
-    ARTIFACT_MISMATCH = "artifact_mismatch", 409, "model", \
-        "the artifact was trained for other model weights; train it again"
-    ARTIFACT_INPUT_MISMATCH = "artifact_input_mismatch", 422, "model", \
-        "the artifact was trained at another input size or channel count"
-    GAD_NOT_TRAINED = "gad_not_trained", 409, "model", "GAD support models are not trained for this model"
-    GAD_ARTIFACT_UNREADABLE = "gad_artifact_unreadable", 409, "model", "the GAD support models cannot be read"
-    GAD_ARTIFACT_MISMATCH = "gad_artifact_mismatch", 409, "model", \
-        "the GAD support models were trained for other model weights"
-    TARGET_NOT_IN_CLASS_PAIR = "target_not_in_class_pair", 409, "model", \
-        "the target is outside the class pair the artifact was trained on"
-    BASE_METHOD_UNSUPPORTED = "base_method_unsupported", 422, "model", "GAD cannot use that base method"
-    # Training
-    INVALID_TRAINING_DATA = "invalid_training_data", 422, "training", \
-        "'data' must name a readable folder of images under the training data root"
-    INVALID_TRAINING_IMAGES = "invalid_training_images", 422, "training", "the training images cannot be used"
-    NO_IMAGES = "no_images", 422, "training", "the training folder holds no readable image"
-    UNLABELLED_IMAGES = "unlabelled_images", 422, "training", "images lie outside the per-class sub-folders"
-    TOO_FEW_CLASSES = "too_few_classes", 422, "training", "a classifier needs at least two class folders"
-    INVALID_CLASS_PAIR = "invalid_class_pair", 422, "training", "the class pair is not two distinct classes"
-    CLASS_PAIR_REQUIRED = "class_pair_required", 422, "training", "a multi-class model needs a class pair"
-    TARGET_CLASS_REQUIRED = "target_class_required", 422, "training", \
-        "a multi-class model needs target_class for one-vs-rest training"
-    INVALID_TARGET_CLASS = "invalid_target_class", 422, "training", "target_class is not a class of the model"
-    SINGLE_DECISION_SIDE = "single_decision_side", 422, "training", \
-        "the classifier puts every training image on one side; SyCE needs both"
-    CHECKPOINT_MISMATCH = "checkpoint_mismatch", 409, "training", \
-        "the checkpoint in the work folder belongs to other settings; remove it or resume with them"
-    # Access
-    MISSING_API_KEY = "missing_api_key", 401, "access", "send an API key as 'Authorization: Bearer <key>'"
-    INVALID_API_KEY = "invalid_api_key", 401, "access", "the API key is not valid"
-    INSUFFICIENT_SCOPE = "insufficient_scope", 403, "access", "the API key lacks the scope this route needs"
-    # A job's end
-    INPUT_EXPIRED = "input_expired", 404, "job", \
-        "the uploaded input expired before a worker reached it; submit it again"
-    WORKER_LOST = "worker_lost", 500, "job", \
-        "the worker running this job stopped (killed or crashed) before finishing; submit the request again"
-    TIMEOUT = "timeout", 504, "job", \
-        "the job ran past its queue's time limit; try fewer steps or iterations, or a smaller image"
-    CANCELED = "canceled", 409, "job", "the job was canceled at the caller's request"
-    OUT_OF_MEMORY = "out_of_memory", 503, "job", \
-        "the worker ran out of device memory; lower internal_batch_size or the image size and retry"
-    EXPLANATION_FAILED = "explanation_failed", 500, "job", \
-        "the worker failed while computing; the operators have the details in the worker log"
-    CORRUPT_STORED_INPUT = "corrupt_stored_input", 500, "job", "the stored input is damaged; submit the job again"
-    # The service
-    SERVICE_UNAVAILABLE = "service_unavailable", 503, "service", "the service cannot take requests now; retry later"
-    INTERNAL_ERROR = "internal_error", 500, "service", "an unexpected error occurred; it has been logged"
-
     def body(self, message: str | None = None) -> dict[str, str]:
         """The ``{"code", "message"}`` pair a caller sees."""
         return {"code": self.value, "message": message or self.message}
+
+
+# (code, HTTP status, group, message), grouped as the README table lists them; one row per line, so
+# some rows are long. A member's name is its code in capitals (ErrorCode.INVALID_REQUEST).
+_CODES: tuple[tuple[str, int, str, str], ...] = (
+    ("invalid_request", 422, "request", "a field is missing or malformed (the message names it)"),
+    ("invalid_params", 422, "request", "a method parameter is unknown, of the wrong type or out of range"),
+    ("invalid_target", 422, "request", "the target is not a class index or name of the model"),
+    ("invalid_quality", 422, "request", "an unknown quality metric was asked for"),
+    ("unknown_method", 422, "request", "no such method; GET /v1/methods lists them"),
+    ("not_trainable", 422, "request", "the method has no per-model artifacts to train"),
+    ("method_not_allowed", 405, "request", "this path does not answer that HTTP method"),
+    ("not_found", 404, "request", "no such route"),
+    ("http_error", 400, "request", "the HTTP request is malformed"),
+    ("empty_file", 422, "upload", "the uploaded file is empty"),
+    ("corrupt_image", 422, "upload", "the upload is truncated or corrupt"),
+    ("unsupported_format", 415, "upload", "not PNG, JPEG, TIFF or DICOM (sniffed from the bytes, never the file name)"),
+    ("dicom_no_pixel_data", 422, "upload", "the DICOM instance has no (7FE0,0010) Pixel Data"),
+    ("dicom_truncated_pixel_data", 422, "upload", "the DICOM Pixel Data is shorter than its rows, columns and bits say"),
+    ("dicom_unsupported_transfer_syntax", 415, "upload", "the DICOM transfer syntax cannot be decoded here (the message names it)"),
+    ("dicom_unsupported_photometric", 415, "upload", "the DICOM photometric interpretation is not supported (the message names it)"),
+    ("frame_out_of_range", 422, "upload", "frame is beyond (0028,0008) Number of Frames"),
+    ("invalid_image_shape", 422, "upload", "the image is neither grey nor RGB"),
+    ("invalid_annotation", 422, "upload", "boxes are not [[x, y, w, h], ...] inside the image, or the mask has another shape"),
+    ("empty_annotation", 422, "upload", "the annotation marks no pixel"),
+    ("payload_too_large", 413, "upload", "the upload is larger than XAI_MAX_UPLOAD_BYTES"),
+    ("image_too_large", 413, "upload", "the image has more pixels than XAI_MAX_PIXELS"),
+    ("too_many_frames", 413, "upload", "the DICOM has more frames than XAI_MAX_FRAMES"),
+    ("image_smaller_than_patch", 422, "upload", "patch mode needs an image larger than the model's input"),
+    ("unknown_model", 404, "lookup", "no model registered under that id"),
+    ("unknown_model_version", 404, "lookup", "the model has no such version"),
+    ("unknown_job", 404, "lookup", "no such job for this API key (it may have expired or been deleted)"),
+    ("unknown_file", 404, "lookup", "the job has no such result file (the message lists its files)"),
+    ("unknown_demo", 422, "lookup", "no shipped demo model of that name"),
+    ("method_unavailable", 409, "model", "the model lacks the method's artifacts (train them) or a target layer"),
+    ("model_not_ready", 409, "model", "the model is still being validated, or was found invalid"),
+    ("invalid_manifest", 422, "model", "the registration manifest does not validate"),
+    ("unknown_architecture", 422, "model", "the manifest names an architecture not offered"),
+    ("invalid_architecture_args", 422, "model", "the architecture's arguments are invalid"),
+    ("weights_unreadable", 422, "model", "the weights file is neither a state_dict nor TorchScript"),
+    ("weights_do_not_match_architecture", 422, "model", "the weights do not fit the architecture"),
+    ("weights_checksum_mismatch", 500, "model", "the stored weights no longer match their recorded sha256"),
+    ("wrong_number_of_outputs", 422, "model", "the model's output width differs from its class names"),
+    ("model_forward_failed", 422, "model", "the model raised an error on an input of its spec"),
+    ("non_finite_output", 422, "model", "the model produced NaN or infinite outputs"),
+    ("unknown_layer", 422, "model", "the manifest's target layer is not in the network"),
+    ("target_layer_required", 422, "model", "a CAM method needs a target layer in the manifest"),
+    ("method_unsupported_by_model", 422, "model", "the method cannot run on this network (the message says why)"),
+    ("target_out_of_range", 422, "model", "the target class index is beyond the model's classes"),
+    ("class_not_predicted", 422, "model", "a one-vs-rest method was asked for a class outside its trained pair"),
+    ("artifact_missing", 409, "model", "the method's trained artifact is missing"),
+    ("artifact_unreadable", 500, "model", "the method's trained artifact cannot be read"),
+    ("artifact_mismatch", 409, "model", "the artifact was trained for other model weights; train it again"),
+    ("artifact_input_mismatch", 422, "model", "the artifact was trained at another input size or channel count"),
+    ("gad_not_trained", 409, "model", "GAD support models are not trained for this model"),
+    ("gad_artifact_unreadable", 409, "model", "the GAD support models cannot be read"),
+    ("gad_artifact_mismatch", 409, "model", "the GAD support models were trained for other model weights"),
+    ("target_not_in_class_pair", 409, "model", "the target is outside the class pair the artifact was trained on"),
+    ("base_method_unsupported", 422, "model", "GAD cannot use that base method"),
+    ("invalid_training_data", 422, "training", "'data' must name a readable folder of images under the training data root"),
+    ("invalid_training_images", 422, "training", "the training images cannot be used"),
+    ("no_images", 422, "training", "the training folder holds no readable image"),
+    ("unlabelled_images", 422, "training", "images lie outside the per-class sub-folders"),
+    ("too_few_classes", 422, "training", "a classifier needs at least two class folders"),
+    ("invalid_class_pair", 422, "training", "the class pair is not two distinct classes"),
+    ("class_pair_required", 422, "training", "a multi-class model needs a class pair"),
+    ("target_class_required", 422, "training", "a multi-class model needs target_class for one-vs-rest training"),
+    ("invalid_target_class", 422, "training", "target_class is not a class of the model"),
+    ("single_decision_side", 422, "training", "the classifier puts every training image on one side; SyCE needs both"),
+    ("checkpoint_mismatch", 409, "training", "the checkpoint in the work folder belongs to other settings; remove it or resume with them"),
+    ("missing_api_key", 401, "access", "send an API key as 'Authorization: Bearer <key>'"),
+    ("invalid_api_key", 401, "access", "the API key is not valid"),
+    ("insufficient_scope", 403, "access", "the API key lacks the scope this route needs"),
+    ("input_expired", 404, "job", "the uploaded input expired before a worker reached it; submit it again"),
+    ("worker_lost", 500, "job", "the worker running this job stopped (killed or crashed) before finishing; submit the request again"),
+    ("timeout", 504, "job", "the job ran past its queue's time limit; try fewer steps or iterations, or a smaller image"),
+    ("canceled", 409, "job", "the job was canceled at the caller's request"),
+    ("out_of_memory", 503, "job", "the worker ran out of device memory; lower internal_batch_size or the image size and retry"),
+    ("explanation_failed", 500, "job", "the worker failed while computing; the operators have the details in the worker log"),
+    ("corrupt_stored_input", 500, "job", "the stored input is damaged; submit the job again"),
+    ("service_unavailable", 503, "service", "the service cannot take requests now; retry later"),
+    ("internal_error", 500, "service", "an unexpected error occurred; it has been logged"),
+)
+
+ErrorCode = _CodeBase("ErrorCode", [(row[0].upper(), row) for row in _CODES], module=__name__)
+ErrorCode.__doc__ = "A stable error code: ``value`` is what callers see; ``http_status`` and ``message`` go with it."
 
 
 class ServiceError(Exception):
