@@ -11,16 +11,18 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.manifest import ModelManifest
+from models.manifest import MODEL_ID_PATTERN, ModelManifest
 from xai.errors import NotFound
 
 MANIFEST_NAME = "manifest.json"
+MODEL_ID = re.compile(MODEL_ID_PATTERN.strip("^$"))
 
 
 def sha256_of(path: Path) -> str:
@@ -37,30 +39,47 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def versions(self, model_id: str) -> list[int]:
-        folder = self.root / model_id
+        folder = self._model_folder(model_id)
         if not folder.is_dir():
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST_NAME).exists())
 
     def list_models(self) -> list[ModelManifest]:
-        """The latest version of every registered model, sorted by id."""
+        """The default version (see ``get``) of every registered model, sorted by id."""
         ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         return [self.get(model_id) for model_id in ids if self.versions(model_id)]
 
     def get(self, model_id: str, version: int | None = None) -> ModelManifest:
+        """A version of a model; with no version, the newest ready one (else the newest, to say why it is not)."""
         versions = self.versions(model_id)
         if not versions:
             known = ", ".join(m.id for m in self.list_models()) or "none"
             raise NotFound(f"model {model_id!r} is not registered; registered models: {known}", code="unknown_model")
-        version = versions[-1] if version is None else version
+        if version is None:
+            # A new version that fails validation must not take the model away from every caller.
+            manifests = [self._read(model_id, v) for v in reversed(versions)]
+            return next((m for m in manifests if m.status == "ready"), manifests[0])
         if version not in versions:
             raise NotFound(
                 f"model {model_id!r} has no version {version}; versions: {versions}", code="unknown_model_version"
             )
+        return self._read(model_id, version)
+
+    def _read(self, model_id: str, version: int) -> ModelManifest:
         return ModelManifest.model_validate_json((self.version_dir(model_id, version) / MANIFEST_NAME).read_text())
 
     def version_dir(self, model_id: str, version: int) -> Path:
-        return self.root / model_id / str(version)
+        return self._model_folder(model_id) / str(version)
+
+    def _model_folder(self, model_id: str) -> Path:
+        """The folder of a model id; an id outside the manifest's alphabet is never joined to a path."""
+        if not MODEL_ID.fullmatch(model_id):
+            raise NotFound(
+                f"no model {model_id[:80]!r}: model ids are 1-64 characters of a-z, 0-9, '.', '_' and '-', "
+                "starting with a letter or digit",
+                code="unknown_model",
+            )
+        return self.root / model_id
 
     def weights_path(self, manifest: ModelManifest) -> Path:
         return self.version_dir(manifest.id, manifest.version) / manifest.weights_file
@@ -102,7 +121,7 @@ class ModelStore:
         manifest = ModelManifest.model_validate_json((folder / MANIFEST_NAME).read_text())
         weights = folder / manifest.weights_file
         if self.versions(manifest.id):
-            latest = self.get(manifest.id)
+            latest = self.get(manifest.id, self.versions(manifest.id)[-1])
             if latest.weights_sha256 == sha256_of(weights) and latest.artifacts == manifest.artifacts:
                 return latest
         artifacts = folder / "artifacts"
@@ -135,7 +154,7 @@ class ModelStore:
 
     @contextmanager
     def _locked(self, model_id: str) -> Iterator[None]:
-        with open(self.root / model_id / ".lock", "a") as lock:
+        with open(self._model_folder(model_id) / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

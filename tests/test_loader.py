@@ -11,6 +11,7 @@ from models.loader import Classifier, Normalization, load_classifier, resolve_la
 from models.manifest import InputSpec, ModelManifest
 from models.networks import build_network, default_target_layer
 from models.preprocess import heatmap_to_input_size, to_model_input
+from models import DEMO_DIR
 from models.store import ModelStore
 from models.training.classifier import save_model_folder
 from xai.errors import InvalidInput, ServiceError
@@ -255,3 +256,23 @@ def test_heatmap_goes_back_to_the_image_resolution():
     back = heatmap_to_input_size(heatmap, (4, 4, 3))
     assert back.shape == (4, 4) and back.dtype == np.float32
     np.testing.assert_allclose(back[2], [0, 0.25, 0.75, 1])
+
+
+def test_a_version_that_failed_validation_never_becomes_the_default(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    first = store.register_directory(DEMO_DIR / "mnist-3v8")
+    second = store.register(first.model_copy(update={"status": "pending"}), store.weights_path(first))
+    assert store.get(first.id).version == first.version  # pending: not the default yet
+    store.set_status(first.id, second.version, "invalid", "weights do not load")
+    assert store.get(first.id).version == first.version
+    store.set_status(first.id, second.version, "ready", None)
+    assert store.get(first.id).version == second.version
+    assert store.get(first.id, second.version).version == second.version
+
+
+@pytest.mark.parametrize("model_id", ["../mnist-3v8", "/etc", "..", "a" * 65, "Mnist", "a/b", ""])
+def test_model_ids_outside_the_alphabet_never_reach_the_filesystem(tmp_path, model_id):
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ServiceError) as raised:
+        store.get(model_id)
+    assert raised.value.code == "unknown_model" and "model ids are" in raised.value.message

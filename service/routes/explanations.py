@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from models.manifest import ModelManifest
 from service.deps import ExplainCaller, GatewayDep
 from service.ingest import ingest_upload, job_inputs, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id, status_url
+from xai import jsontext
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.imaging import decode_annotation
 from xai.jobs import EXPLAIN_ENTRY, QUALITY_METRICS, ExplainJob, InputInfo
@@ -108,17 +108,14 @@ def _methods(field: str, manifest: ModelManifest) -> list[str]:
 
 def _params(field: str | None, methods: list[str]) -> dict[str, dict[str, Any]]:
     """Validate ``params`` against each method's spec. Several methods take {"method": {...}, ...}."""
-    try:
-        given = json.loads(field) if field else {}
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"params is not valid JSON: {error.msg}", code="invalid_params") from None
+    given = jsontext.loads(field, what="params", code="invalid_params") if field else {}
     if not isinstance(given, dict):
         raise InvalidInput("params must be a JSON object", code="invalid_params")
     if len(methods) == 1:
         given = {methods[0]: given}
     elif set(given) - set(methods):
         raise InvalidInput("with several methods, params maps method names to their parameters", code="invalid_params")
-    return {name: get_method(name).resolve_params(given.get(name) or {}) for name in methods}
+    return {name: get_method(name).resolve_params(given.get(name, {})) for name in methods}
 
 
 def _quality_metrics(field: str | None) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 from models.manifest import ModelManifest
 from service.deps import AdminCaller, ExplainCaller, GatewayDep
 from service.jobs import enqueue, new_job_id, status_url
+from xai import jsontext
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY, TrainJob, ValidateJob
 from xai.methods import get_trainable
@@ -60,11 +60,7 @@ def register_model(
 
 
 def _parse_manifest(text: str) -> ModelManifest:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"the manifest is not valid JSON: {error.msg} at line {error.lineno}",
-                           code="invalid_manifest") from None
+    data = jsontext.loads(text, what="the manifest", code="invalid_manifest")
     if not isinstance(data, dict):
         raise InvalidInput("the manifest must be a JSON object", code="invalid_manifest")
     # What the store decides is never taken from the caller.

@@ -183,7 +183,8 @@ def corrupt_on_failure(what: str) -> Iterator[None]:
     """Turn any decoder exception inside the block into ``InvalidImage(code="corrupt_image")``.
 
     Third-party decoders raise whatever they like (OSError, ValueError, struct.error, RuntimeError,
-    SyntaxError...). Only the exception's type is reported, never its text: decoder messages can
+    SyntaxError..., and a panic in a Rust decoder such as pylibjpeg-rle arrives as pyo3's
+    PanicException, which derives from BaseException, not Exception). Only the exception's type is reported, never its text: decoder messages can
     quote element values, and a DICOM element value may identify a patient.
 
     Args:
@@ -198,7 +199,9 @@ def corrupt_on_failure(what: str) -> Iterator[None]:
         raise Unavailable(
             f"not enough memory to decode the {what} now; retry later", code="out_of_memory"
         ) from error
-    except Exception as error:
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - Rust decoders' panics (pyo3 PanicException) are BaseExceptions
         raise corrupt_image(what, error) from error
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,26 +27,30 @@ class Param:
             return None
         if self.type == "bool":
             if not isinstance(value, bool):
-                raise InvalidInput(f"parameter {self.name!r} must be true or false", code="invalid_params")
+                raise self._invalid("must be true or false")
             return value
         if self.type in ("int", "float"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidInput(f"parameter {self.name!r} must be a number", code="invalid_params")
-            if self.type == "int" and float(value) != int(value):
-                raise InvalidInput(f"parameter {self.name!r} must be an integer", code="invalid_params")
-            value = int(value) if self.type == "int" else float(value)
-            if (self.minimum is not None and value < self.minimum) or (
-                self.maximum is not None and value > self.maximum
-            ):
-                raise InvalidInput(
-                    f"parameter {self.name!r} = {value} is outside [{self.minimum}, {self.maximum}]",
-                    code="invalid_params",
-                )
-            return value
+            return self._number(value)
         if not isinstance(value, str) or (self.choices and value not in self.choices):
             allowed = f"one of {', '.join(self.choices)}" if self.choices else "a string"
-            raise InvalidInput(f"parameter {self.name!r} must be {allowed}", code="invalid_params")
+            raise self._invalid(f"must be {allowed}")
         return value
+
+    def _number(self, value: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._invalid("must be a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._invalid("must be a finite number, not NaN or Infinity")
+        if self.type == "int" and isinstance(value, float) and not value.is_integer():
+            raise self._invalid("must be an integer")
+        # Compared before any conversion: float() of a 400-digit integer overflows, and str() of one
+        # over Python's digit limit raises, so the value itself is never formatted.
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise self._invalid(f"must be within [{self.minimum}, {self.maximum}]")
+        return int(value) if self.type == "int" else float(value)
+
+    def _invalid(self, requirement: str) -> InvalidInput:
+        return InvalidInput(f"parameter {self.name!r} {requirement}", code="invalid_params")
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
@@ -72,6 +77,8 @@ class MethodSpec:
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Fill defaults and validate ``given``; unknown names are refused with the valid ones listed."""
+        if not isinstance(given, dict):
+            raise InvalidInput(f"the parameters of method {self.name!r} must be a JSON object", code="invalid_params")
         known = {p.name: p for p in self.params}
         unknown = sorted(set(given) - set(known))
         if unknown:
