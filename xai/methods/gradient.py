@@ -5,27 +5,49 @@ attribution per channel reduce it to one value per pixel as the ``sign`` paramet
 report the signed change of the target score when a feature (all channels of a pixel block) is removed.
 """
 
-from xai.methods.spec import INTERNAL_BATCH, MethodSpec, Param
+from xai.methods._params import choice
+from xai.methods.spec import INTERNAL_BATCH, MethodSpec, Param, Queue
 
-SIGN = Param(
-    "sign",
-    "str",
-    "absolute",
+SIGN = choice(
+    "sign", "absolute",
     "How per-channel attributions become one value per pixel: absolute = sum of |a| over channels; "
     "positive = signed sum with negatives set to 0; all = signed sum (negative = evidence against the class)",
-    choices=("absolute", "positive", "all"),
+    ("absolute", "positive", "all"),
 )
-BASELINE = Param(
-    "baseline",
-    "str",
-    "black",
+BASELINE = choice(
+    "baseline", "black",
     "Reference image that stands for 'no information': black (0), white (1) or a Gaussian blur of the input "
     "(sigma = 1/10 of the larger side)",
-    choices=("black", "white", "blur"),
+    ("black", "white", "blur"),
 )
 SEED = Param("seed", "int", 0, "Seed of the random draws; the same seed gives the same heatmap", 0, 2**31 - 1)
 IG_RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
 SMOOTHGRAD_BASES = ("saliency", "integrated_gradients", "input_x_gradient", "guided_backprop")
+
+
+def _perturbation(
+    name: str,
+    title: str,
+    description: str,
+    params: tuple[Param, ...],
+    *,
+    references: tuple[str, ...],
+    seeded: bool = False,
+) -> MethodSpec:
+    """A slow method that replaces features of the input by a baseline and scores the perturbed copies,
+    ``internal_batch_size`` at a time; ``seeded`` when it draws random feature orderings."""
+    tail = (BASELINE, SEED, INTERNAL_BATCH) if seeded else (BASELINE, INTERNAL_BATCH)
+    return MethodSpec(name, title, "slow", description, params=(*params, *tail), references=references)
+
+
+def _cam(
+    name: str, title: str, queue: Queue, description: str, params: tuple[Param, ...], *, reference: str
+) -> MethodSpec:
+    """A class activation map: it reads the layer the model manifest names as its target layer."""
+    return MethodSpec(
+        name, title, queue, description, params=params, needs_target_layer=True, references=(reference,)
+    )
+
 
 SPECS = (
     MethodSpec(
@@ -47,7 +69,7 @@ SPECS = (
         params=(
             Param("n_steps", "int", 50, "Integration steps", 2, 1000),
             BASELINE,
-            Param("method", "str", "gausslegendre", "Integration rule", choices=IG_RULES),
+            choice("method", "gausslegendre", "Integration rule", IG_RULES),
             SIGN,
             INTERNAL_BATCH,
         ),
@@ -59,28 +81,15 @@ SPECS = (
         "fast",
         "A gradient method averaged over noisy copies of the input (Captum NoiseTunnel).",
         params=(
-            Param(
-                "base",
-                "str",
-                "saliency",
-                "Gradient method applied to each noisy copy",
-                choices=SMOOTHGRAD_BASES,
-            ),
-            Param(
-                "nt_type",
-                "str",
-                "smoothgrad",
-                "Average of attributions, of their squares, or their variance",
-                choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+            choice("base", "saliency", "Gradient method applied to each noisy copy", SMOOTHGRAD_BASES),
+            choice(
+                "nt_type", "smoothgrad", "Average of attributions, of their squares, or their variance",
+                ("smoothgrad", "smoothgrad_sq", "vargrad"),
             ),
             Param("nt_samples", "int", 25, "Noisy copies per image", 1, 1000),
             Param(
-                "stdev",
-                "float",
-                0.15,
-                "Standard deviation of the Gaussian noise, in image range units [0, 1]",
-                0.0,
-                1.0,
+                "stdev", "float", 0.15,
+                "Standard deviation of the Gaussian noise, in image range units [0, 1]", 0.0, 1.0,
             ),
             Param("n_steps", "int", 20, "Integration steps when base is integrated_gradients", 2, 1000),
             SIGN,
@@ -133,12 +142,10 @@ SPECS = (
         "Expected gradients: gradients at random points between the input and random baselines, times "
         "(input - baseline), averaged.",
         params=(
-            Param(
-                "baselines",
-                "str",
-                "black_white",
+            choice(
+                "baselines", "black_white",
                 "Baseline distribution: black and white images, black only, or 8 uniform noise images",
-                choices=("black_white", "black", "uniform_noise"),
+                ("black_white", "black", "uniform_noise"),
             ),
             Param("n_samples", "int", 20, "Random samples per image", 1, 1000),
             Param(
@@ -150,85 +157,71 @@ SPECS = (
         ),
         references=("Lundberg and Lee 2017, arXiv:1705.07874", "Erion et al. 2021, arXiv:1906.10670"),
     ),
-    MethodSpec(
+    _perturbation(
         "occlusion",
         "Occlusion",
-        "slow",
         "Drop of the target class score when a square window is replaced by the baseline, averaged over the "
         "windows that cover each pixel. Cost: one forward pass per window position.",
-        params=(
+        (
             Param(
                 "window", "int", 16, "Side of the occluding window in pixels (clipped to the image)", 1, 4096
             ),
             Param("stride", "int", 8, "Step between window positions in pixels", 1, 4096),
-            BASELINE,
-            INTERNAL_BATCH,
         ),
         references=("Zeiler and Fergus 2014, arXiv:1311.2901",),
     ),
-    MethodSpec(
+    _perturbation(
         "feature_ablation",
         "Feature ablation (grid)",
-        "slow",
         "Drop of the target class score when each cell of a regular grid is replaced by the baseline.",
-        params=(
-            Param("grid", "int", 16, "Cells per image side; each cell is one feature", 2, 256),
-            BASELINE,
-            INTERNAL_BATCH,
-        ),
+        (Param("grid", "int", 16, "Cells per image side; each cell is one feature", 2, 256),),
         references=("Captum FeatureAblation; TorchEsegeta, Chatterjee et al. 2022, arXiv:2107.08257",),
     ),
-    MethodSpec(
+    _perturbation(
         "shapley_value_sampling",
         "Shapley value sampling (grid)",
-        "slow",
         "Shapley values of the cells of a coarse grid, estimated from random feature orderings. Cost: "
         "n_samples x grid^2 forward passes per image.",
-        params=(
+        (
             Param("grid", "int", 8, "Cells per image side; each cell is one player", 2, 32),
             Param("n_samples", "int", 25, "Random orderings of the cells", 1, 1000),
-            BASELINE,
-            SEED,
-            INTERNAL_BATCH,
         ),
+        seeded=True,
         references=("Castro et al. 2009, doi:10.1016/j.cor.2008.04.004", "Strumbelj and Kononenko 2010"),
     ),
-    MethodSpec(
+    _cam(
         "grad_cam",
         "Grad-CAM",
         "fast",
         "Class activation map of the manifest's target layer weighted by pooled gradients, upsampled "
         "bilinearly.",
-        params=(Param("relu", "bool", True, "Keep only positive evidence"),),
-        needs_target_layer=True,
-        references=("Selvaraju et al. 2017, arXiv:1610.02391",),
+        (Param("relu", "bool", True, "Keep only positive evidence"),),
+        reference="Selvaraju et al. 2017, arXiv:1610.02391",
     ),
-    MethodSpec(
+    _cam(
         "guided_grad_cam",
         "Guided Grad-CAM",
         "fast",
         "Guided backpropagation multiplied by the (positive) Grad-CAM map of the target layer.",
-        params=(SIGN,),
-        needs_target_layer=True,
-        references=("Selvaraju et al. 2017, arXiv:1610.02391",),
+        (SIGN,),
+        reference="Selvaraju et al. 2017, arXiv:1610.02391",
     ),
-    MethodSpec(
+    _cam(
         "grad_cam_plus_plus",
         "Grad-CAM++",
         "fast",
         "Class activation map with weights from positive higher-order gradients; scaled to [0, 1] per image.",
-        needs_target_layer=True,
-        references=("Chattopadhyay et al. 2018, arXiv:1710.11063",),
+        (),
+        reference="Chattopadhyay et al. 2018, arXiv:1710.11063",
     ),
-    MethodSpec(
+    _cam(
         "score_cam",
         "Score-CAM",
         "slow",
         "Class activation map weighted by the score of the input masked with each channel of the target "
         "layer; scaled to [0, 1] per image. Cost: one forward pass per channel of the target layer.",
-        params=(INTERNAL_BATCH,),
-        needs_target_layer=True,
-        references=("Wang et al. 2020, arXiv:1910.01279",),
+        (INTERNAL_BATCH,),
+        reference="Wang et al. 2020, arXiv:1910.01279",
     ),
     MethodSpec(
         "rise",
