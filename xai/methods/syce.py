@@ -11,6 +11,7 @@ the chosen preset's value.
 from __future__ import annotations
 
 from xai.errors import InvalidInput
+from xai.methods._params import choice
 from xai.methods.spec import MethodSpec, Param
 
 PAPER = "Charachon et al. 2021, Leveraging Conditional Generative Models in a General Explanation Framework"
@@ -25,71 +26,34 @@ VARIANTS = ("syce", "cyce")
 #   weight_gan             generator's GAN term, BCE(real, D'(G(x)))
 #   weight_discriminator   discriminators' real/fake BCE
 #   weight_gradient_penalty  (||grad D(interpolate)|| - 1)^2 on the discriminators
-PRESETS: dict[str, dict[str, dict[str, float]]] = {
+# The paper's tables as printed: one row of values per problem, in the order of the variant's columns.
+_PRESET_COLUMNS = {
+    "syce": (
+        "weight_symmetry", "weight_cycle", "weight_adversarial", "weight_symmetry_class",
+        "weight_cycle_class", "weight_gan", "weight_discriminator", "weight_gradient_penalty", "batch_size",
+    ),
+    "cyce": (
+        "weight_cycle", "weight_adversarial", "weight_cycle_class", "weight_gan", "weight_discriminator",
+        "weight_gradient_penalty", "batch_size",
+    ),
+}
+_PRESET_ROWS = {
     "syce": {
-        "digits": {
-            "weight_symmetry": 10.0,
-            "weight_cycle": 2.0,
-            "weight_adversarial": 0.2,
-            "weight_symmetry_class": 0.01,
-            "weight_cycle_class": 0.005,
-            "weight_gan": 0.25,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 64,
-        },
-        "pneumonia": {
-            "weight_symmetry": 10.0,
-            "weight_cycle": 2.0,
-            "weight_adversarial": 0.05,
-            "weight_symmetry_class": 0.01,
-            "weight_cycle_class": 0.001,
-            "weight_gan": 0.05,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 8,
-        },
-        "brain_tumour": {
-            "weight_symmetry": 20.0,
-            "weight_cycle": 1.0,
-            "weight_adversarial": 0.2,
-            "weight_symmetry_class": 0.05,
-            "weight_cycle_class": 0.01,
-            "weight_gan": 0.025,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 8,
-        },
+        "digits": (10.0, 2.0, 0.2, 0.01, 0.005, 0.25, 1.0, 1.0, 64),
+        "pneumonia": (10.0, 2.0, 0.05, 0.01, 0.001, 0.05, 1.0, 1.0, 8),
+        "brain_tumour": (20.0, 1.0, 0.2, 0.05, 0.01, 0.025, 1.0, 1.0, 8),
     },
     "cyce": {
-        "digits": {
-            "weight_cycle": 10.0,
-            "weight_adversarial": 0.2,
-            "weight_cycle_class": 0.005,
-            "weight_gan": 0.25,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 64,
-        },
-        "pneumonia": {
-            "weight_cycle": 10.0,
-            "weight_adversarial": 0.05,
-            "weight_cycle_class": 0.01,
-            "weight_gan": 0.025,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 8,
-        },
-        "brain_tumour": {
-            "weight_cycle": 20.0,
-            "weight_adversarial": 0.1,
-            "weight_cycle_class": 0.01,
-            "weight_gan": 0.05,
-            "weight_discriminator": 1.0,
-            "weight_gradient_penalty": 1.0,
-            "batch_size": 8,
-        },
+        "digits": (10.0, 0.2, 0.005, 0.25, 1.0, 1.0, 64),
+        "pneumonia": (10.0, 0.05, 0.01, 0.025, 1.0, 1.0, 8),
+        "brain_tumour": (20.0, 0.1, 0.01, 0.05, 1.0, 1.0, 8),
     },
+}
+PRESETS: dict[str, dict[str, dict[str, float]]] = {
+    variant: {
+        problem: dict(zip(_PRESET_COLUMNS[variant], row, strict=True)) for problem, row in rows.items()
+    }
+    for variant, rows in _PRESET_ROWS.items()
 }
 PRESET_NAMES = ("auto", "digits", "pneumonia", "brain_tumour")
 
@@ -127,28 +91,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
         else ()
     )
     return (
-        Param(
-            "variant",
-            "str",
-            variant,
-            "Which generators to train (set by the method trained)",
-            choices=(variant,),
-        ),
-        Param(
-            "preset",
-            "str",
-            "auto",
-            "Paper's weight table to start from (auto: by input size)",
-            choices=PRESET_NAMES,
-        ),
+        choice("variant", variant, "Which generators to train (set by the method trained)", (variant,)),
+        choice("preset", "auto", "Paper's weight table to start from (auto: by input size)", PRESET_NAMES),
         Param("epochs", "int", 80, "Training epochs (the paper trains 80)", 1, 1000),
         Param(
-            "batch_size",
-            "int",
-            None,
-            "Images per decision side per step; null = preset (64 digits, 8 else)",
-            1,
-            512,
+            "batch_size", "int", None, "Images per decision side per step; null = preset (64 digits, 8 else)",
+            1, 512,
         ),
         Param("lr_generator", "float", 1e-4, "Adam learning rate of the generators", 1e-7, 1.0),
         Param("lr_discriminator", "float", 2e-4, "Adam learning rate of the discriminators", 1e-7, 1.0),
@@ -166,37 +114,40 @@ def _training_params(variant: str) -> tuple[Param, ...]:
         Param("dropout", "float", 0.0, "Generator channel dropout (the paper allows 0.1-0.2)", 0.0, 0.5),
         Param("augment", "bool", False, "Random rotation (5 degrees) and zoom (0.8-1) of training images"),
         Param(
-            "validation_fraction",
-            "float",
-            0.1,
-            "Images held out to measure the flip rate each epoch",
-            0.0,
-            0.5,
+            "validation_fraction", "float", 0.1, "Images held out to measure the flip rate each epoch",
+            0.0, 0.5,
         ),
         Param("seed", "int", 0, "Seed of initialisation, sampling and augmentation", 0, 2**31 - 1),
     )
 
 
+def _explanation_spec(variant: str, title: str, description: str, images: str) -> MethodSpec:
+    """The request-time method of ``variant``: it needs that variant's trained artifact."""
+    return MethodSpec(
+        variant,
+        title,
+        "fast",
+        f"{description} Needs a trained {variant!r} artifact.",
+        params=(Param("return_images", "bool", True, f"Return the {images}"),),
+        needs_artifacts=True,
+        references=(PAPER, "github.com/martinCharachon/cGANsExplainer"),
+    )
+
+
 SPECS = (
-    MethodSpec(
+    _explanation_spec(
         "syce",
         "SyCE (symmetrically conditioned explanation)",
-        "fast",
         "Two trained generators: x_a = G(x) is classified the other way, x_st = G(x_a) returns to the "
-        "input's side; the explanation is |x_st - x_a| (channel mean). Needs a trained 'syce' artifact.",
-        params=(Param("return_images", "bool", True, "Return the adversarial and stable images"),),
-        needs_artifacts=True,
-        references=(PAPER, "github.com/martinCharachon/cGANsExplainer"),
+        "input's side; the explanation is |x_st - x_a| (channel mean).",
+        "adversarial and stable images",
     ),
-    MethodSpec(
+    _explanation_spec(
         "cyce",
         "CyCE (cyclic conditioned explanation)",
-        "fast",
         "A trained generator makes a counterfactual G(x) classified the other way; the explanation is "
-        "|x - G(x)| (channel mean). Needs a trained 'cyce' artifact.",
-        params=(Param("return_images", "bool", True, "Return the counterfactual image"),),
-        needs_artifacts=True,
-        references=(PAPER, "github.com/martinCharachon/cGANsExplainer"),
+        "|x - G(x)| (channel mean).",
+        "counterfactual image",
     ),
 )
 
