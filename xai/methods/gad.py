@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from xai.errors import InvalidInput
+from xai.methods._params import choice
 from xai.methods.spec import INTERNAL_BATCH, MethodSpec, Param
 
 BASE_METHODS = ("saliency", "deconvolution", "input_x_gradient", "guided_backprop", "integrated_gradients")
@@ -134,9 +135,9 @@ SPECS = (
         "sparser map of the regions that separate the classes. Needs support models trained first "
         "(xai train gad). Also returns the unfiltered base map (image 'base_map') and the RC/RS figures.",
         params=(
-            Param(
-                "base_method", "str", "integrated_gradients",
-                "Gradient method run on every model (Captum)", choices=BASE_METHODS,
+            choice(
+                "base_method", "integrated_gradients", "Gradient method run on every model (Captum)",
+                BASE_METHODS,
             ),
             Param(
                 "importance_threshold", "float", 0.5,
@@ -144,10 +145,10 @@ SPECS = (
                 "a pixel survives when important in every map (0.5: the paper's 'most important half')",
                 0.01, 1.0,
             ),
-            Param(
-                "sign", "str", "absolute",
+            choice(
+                "sign", "absolute",
                 "How channel-summed attributions become importance: absolute value, or positive part only",
-                choices=("absolute", "positive"),
+                ("absolute", "positive"),
             ),
             Param("n_steps", "int", 50, "Integration steps (integrated_gradients only)", 2, 1000),
             Param(
@@ -155,13 +156,13 @@ SPECS = (
                 "Share of pixels whose convex hull gives RC and the occlusion masks of RS (paper: 0.5)",
                 0.01, 1.0,
             ),
-            Param(
-                "support_evaluation", "str", "auto",
+            choice(
+                "support_evaluation", "auto",
                 "How the classifier and its support models run: 'batched' in one vectorised pass "
                 "(torch.vmap over stacked weights), 'sequential' one after another (same result), or "
                 "'auto': batched on CUDA, sequential on the CPU, where bench/bench_gad.py measured the "
                 "vectorised (grouped) convolutions slower for 128 x 128 models",
-                choices=("auto", "batched", "sequential"),
+                ("auto", "batched", "sequential"),
             ),
             INTERNAL_BATCH,
         ),
