@@ -13,12 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from workers.explainers.base import Explanation, Progress
-from workers.explainers.syce import GenerativeExplainer, ordinary
+from workers.explainers.syce import GenerativeExplainer
 
 
 class CyCE(GenerativeExplainer):
@@ -26,19 +21,4 @@ class CyCE(GenerativeExplainer):
 
     name = "cyce"
     variant = "cyce"
-
-    def _explain(
-        self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress
-    ) -> Explanation:
-        self._check_input(images)
-        with torch.inference_mode():
-            score_input, sides = self._scores(images, targets)
-            counterfactual = self.pair.translate(images, sides)
-            score_counterfactual, counterfactual_sides = self._scores(counterfactual, targets)
-            heatmaps = (images - counterfactual).abs().mean(dim=1)
-        heatmaps, counterfactual = ordinary(heatmaps, counterfactual)
-        details = self._common_details(sides, counterfactual_sides != sides, heatmaps.flatten(1).mean(1))
-        for detail, scores in zip(details, zip(score_input.tolist(), score_counterfactual.tolist())):
-            detail |= dict(zip(("score_input", "score_counterfactual"), (round(s, 6) for s in scores)))
-        images_out = {"counterfactual": counterfactual} if params.get("return_images", True) else {}
-        return Explanation(heatmaps, details, images_out)
+    passes = ("counterfactual",)

@@ -28,9 +28,13 @@ from xai.errors import Conflict, InvalidInput, ServiceError
 
 
 class GenerativeExplainer(Explainer):
-    """What SyCE and CyCE share: loading the artifact of the right variant, decisions and scores."""
+    """What SyCE and CyCE share: loading the artifact of the right variant, the generator passes,
+    decisions and scores; they differ in ``passes``."""
 
     variant: ClassVar[str]
+    # The images made, in order: each is the generator of the input's side applied to the one before
+    # (the first to the input), and the heatmap is |last - the one before it| (the input for one pass).
+    passes: ClassVar[tuple[str, ...]]
     # Generator passes in float16 on CUDA: group norm and the residual sum run in float32 under
     # autocast, and a heatmap that overflows is recomputed in float32 (workers.precision).
     supports_autocast: ClassVar[bool] = True
@@ -72,10 +76,34 @@ class GenerativeExplainer(Explainer):
         target_index = torch.as_tensor(targets, device=images.device)[:, None]
         return probabilities.gather(1, target_index)[:, 0], self.pair.sides(logits)
 
-    def _common_details(
-        self, sides: torch.Tensor, flipped: torch.Tensor, difference: torch.Tensor
+    def _explain(
+        self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress
+    ) -> Explanation:
+        self._check_input(images)
+        with torch.inference_mode():
+            input_scores, sides = self._scores(images, targets)
+            chain = [images]
+            for _ in self.passes:
+                chain.append(self.pair.translate(chain[-1], sides))
+            scores, generated_sides = zip(*(self._scores(image, targets) for image in chain[1:]))
+            heatmaps = (chain[-1] - chain[-2]).abs().mean(dim=1)
+        heatmaps, *generated = ordinary(heatmaps, *chain[1:])
+        # A flip is judged on the first generated image (the counterfactual, or SyCE's adversarial image).
+        flipped = generated_sides[0] != sides
+        named_scores = dict(zip(("input", *self.passes), (input_scores, *scores)))
+        details = self._details(sides, flipped, heatmaps.flatten(1).mean(1), named_scores)
+        images_out = dict(zip(self.passes, generated)) if params.get("return_images", True) else {}
+        return Explanation(heatmaps, details, images_out)
+
+    def _details(
+        self,
+        sides: torch.Tensor,
+        flipped: torch.Tensor,
+        difference: torch.Tensor,
+        scores: dict[str, torch.Tensor],
     ) -> list[dict]:
-        return [
+        """Per image: the decisions, whether the first generated image flipped it, and every image's score."""
+        details = [
             {
                 "explained_class": self.pair.target_class,
                 "input_decided_as_explained_class": bool(side),
@@ -84,6 +112,10 @@ class GenerativeExplainer(Explainer):
             }
             for side, flip, value in zip(sides.tolist(), flipped.tolist(), difference.tolist())
         ]
+        for name, score in scores.items():
+            for detail, value in zip(details, score.tolist()):
+                detail[f"score_{name}"] = round(value, 6)
+        return details
 
 
 def ordinary(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -97,27 +129,4 @@ class SyCE(GenerativeExplainer):
 
     name = "syce"
     variant = "syce"
-
-    def _explain(
-        self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress
-    ) -> Explanation:
-        self._check_input(images)
-        with torch.inference_mode():
-            score_input, sides = self._scores(images, targets)
-            adversarial = self.pair.translate(images, sides)
-            stable = self.pair.translate(adversarial, sides)
-            score_adversarial, adversarial_sides = self._scores(adversarial, targets)
-            score_stable, _ = self._scores(stable, targets)
-            heatmaps = (stable - adversarial).abs().mean(dim=1)
-        heatmaps, adversarial, stable = ordinary(heatmaps, adversarial, stable)
-        details = self._common_details(sides, adversarial_sides != sides, heatmaps.flatten(1).mean(1))
-        for detail, scores in zip(
-            details, zip(score_input.tolist(), score_adversarial.tolist(), score_stable.tolist())
-        ):
-            detail |= dict(
-                zip(("score_input", "score_adversarial", "score_stable"), (round(s, 6) for s in scores))
-            )
-        images_out = (
-            {"adversarial": adversarial, "stable": stable} if params.get("return_images", True) else {}
-        )
-        return Explanation(heatmaps, details, images_out)
+    passes = ("adversarial", "stable")
