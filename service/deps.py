@@ -77,5 +77,7 @@ def require(scope: str):
     return check
 
 
+# Jobs are read by the key that created them, whatever its scopes (an admin polls its validation job).
+Caller = Annotated[Principal, Depends(authenticate)]
 ExplainCaller = Annotated[Principal, Depends(require("explain"))]
 AdminCaller = Annotated[Principal, Depends(require("admin"))]

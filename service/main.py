@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Submit an image or DICOM instance and a registered classifier; poll the job for a heatmap "
         "and metrics. Methods: see GET /v1/methods.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     _install_error_handlers(app)
     for router in (system.router, methods.router, models.router, explanations.router, jobs.router):

@@ -222,23 +222,67 @@ def test_cancel_a_queued_job(client, settings):
 
 def test_api_keys_scopes_and_ownership(settings, store):
     keyed = settings.model_copy(update={"api_keys": [
-        {"name": "pacs", "key": "pacs-secret", "scopes": ["explain"]},
-        {"name": "dash", "key": "dash-secret", "scopes": ["explain"]},
-        {"name": "ops", "key": "ops-secret", "scopes": ["explain", "admin"]},
+        {"name": "pacs", "key": "pacs-secret-0123456789", "scopes": ["explain"]},
+        {"name": "dash", "key": "dash-secret-0123456789", "scopes": ["explain"]},
+        {"name": "ops", "key": "ops-secret-0123456789", "scopes": ["explain", "admin"]},
     ]})
     keyed = type(settings).model_validate(keyed.model_dump())
     with TestClient(create_app(keyed)) as client:
         assert error_code(client.get("/v1/models")) == "missing_api_key"
         bad = client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and error_code(bad) == "invalid_api_key"
-        pacs = {"Authorization": "Bearer pacs-secret"}
+        pacs = {"Authorization": "Bearer pacs-secret-0123456789"}
         job_id = submit(client, png(mnist_digit(3)), headers=pacs).json()["job_id"]
         assert client.get(f"/v1/jobs/{job_id}", headers=pacs).status_code == 200
-        other = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer dash-secret"})
+        other = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer dash-secret-0123456789"})
         assert other.status_code == 404 and error_code(other) == "unknown_job"
         refused = client.post("/v1/models", headers=pacs, data={"manifest": "{}"},
                               files={"weights": ("w.pt", b"x")})
         assert refused.status_code == 403 and error_code(refused) == "insufficient_scope"
+        assert error_code(client.get("/v1/methods")) == "missing_api_key"
+        assert client.get("/v1/methods", headers=pacs).status_code == 200
+
+
+def test_an_admin_only_key_reads_the_validation_job_it_started(settings, store):
+    keyed = type(settings).model_validate(settings.model_dump() | {"api_keys": [
+        {"name": "ops", "key": "ops-secret-0123456789", "scopes": ["admin"]},
+        {"name": "pacs", "key": "pacs-secret-0123456789", "scopes": ["explain"]},
+    ]})
+    manifest = json.loads((DEMO_DIR / MODEL / "manifest.json").read_text())
+    weights = (DEMO_DIR / MODEL / manifest["weights_file"]).read_bytes()
+    ops = {"Authorization": "Bearer ops-secret-0123456789"}
+    with TestClient(create_app(keyed)) as client:
+        created = client.post("/v1/models", headers=ops, data={"manifest": json.dumps(manifest)},
+                              files={"weights": ("weights.pt", weights)})
+        job_id = created.json()["validation_job"]["job_id"]
+        work(keyed)
+        assert client.get(f"/v1/jobs/{job_id}", headers=ops).json()["status"] == "finished"
+        other = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer pacs-secret-0123456789"})
+        assert error_code(other) == "unknown_job"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"name": "pacs", "key": ""},
+        {"name": "pacs", "key": "short-secret"},
+        {"name": "pacs", "key_sha256": "abc"},
+        {"name": "", "key": "a-long-enough-secret-value"},
+        {"name": "pacs"},
+        {"name": "pacs", "key": "a-long-enough-secret-value", "key_sha256": "0" * 64},
+        {"name": "pacs", "key": "a-long-enough-secret-value", "scopes": []},
+    ],
+)
+def test_empty_or_short_secrets_are_refused_at_start_up(settings, key):
+    with pytest.raises(ValueError):
+        type(settings).model_validate(settings.model_dump() | {"api_keys": [key]})
+
+
+def test_the_schema_and_docs_can_be_switched_off(settings):
+    with TestClient(create_app(settings.model_copy(update={"api_docs": False}))) as client:
+        assert client.get("/openapi.json").status_code == 404
+        assert client.get("/docs").status_code == 404
+        assert client.get("/healthz").status_code == 200
 
 
 def test_refuses_to_listen_beyond_loopback_without_keys(settings):

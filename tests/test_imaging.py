@@ -889,10 +889,27 @@ def test_metadata_holds_none_of_the_identifying_values():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns when the test writes bad CS values
-def test_free_text_in_a_code_string_field_is_dropped():
-    ds = dicom_dataset(np.zeros((4, 4), np.uint8), BodyPartExamined="John Doe's chest", ViewPosition="pa")
+@pytest.mark.parametrize(
+    ("modality", "body_part", "view", "kept"),
+    [
+        ("DX", "John Doe's chest", "pa", (None, None)),
+        ("DX", "WARD 7", "LATERAL", (None, None)),  # valid Code Strings, but not defined terms
+        ("DX", "DOE JOHN", "PA", (None, "PA")),
+        ("DX", "CHEST", "AP", ("CHEST", "AP")),
+        ("DX", "SKULL", "RLO", ("SKULL", "RLO")),
+    ],
+)
+def test_only_defined_terms_of_coded_fields_are_kept(modality, body_part, view, kept):
+    ds = dicom_dataset(np.zeros((4, 4), np.uint8), Modality=modality, BodyPartExamined=body_part, ViewPosition=view)
     meta = decode(dicom_bytes(ds)).meta
-    assert meta["body_part_examined"] is None and meta["view_position"] is None
+    assert (meta["body_part_examined"], meta["view_position"]) == kept
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("modality", "kept"), [("CT", "CT"), ("DX", "DX"), ("MRN123", None), ("SMITH", None)])
+def test_only_defined_modalities_are_kept(modality, kept):
+    ds = dicom_dataset(np.zeros((4, 4), np.uint8), Modality=modality)
+    assert decode(dicom_bytes(ds)).meta["modality"] == kept
 
 
 def test_error_messages_hold_none_of_the_identifying_values():

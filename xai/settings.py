@@ -10,26 +10,35 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Scope = Literal["explain", "admin"]
 
 
-class ApiKey(BaseModel):
-    """One API key. Give ``key_sha256`` (preferred, the hex digest of the key) or the plain ``key``."""
+MIN_KEY_CHARS = 16  # a shorter secret can be guessed by trying; generate one: python -c "import secrets; print(secrets.token_urlsafe(32))"
 
-    name: str
-    key: str | None = None
-    key_sha256: str | None = None
-    scopes: list[Scope] = ["explain"]
+
+class ApiKey(BaseModel):
+    """One API key. Give ``key_sha256`` (preferred, the hex digest of the key) or the plain ``key``.
+
+    Refused at start-up: an empty name, a plain key shorter than 16 characters, a digest that is not
+    64 hex digits, or both or neither given.
+    """
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key: str | None = Field(None, min_length=MIN_KEY_CHARS)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    scopes: list[Scope] = Field(["explain"], min_length=1)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r} needs exactly one of 'key' and 'key_sha256'")
+        return self
 
     def digest(self) -> str:
-        if self.key_sha256:
-            return self.key_sha256.lower()
-        if self.key:
-            return hashlib.sha256(self.key.encode()).hexdigest()
-        raise ValueError(f"API key {self.name!r} has neither 'key' nor 'key_sha256'")
+        return self.key_sha256.lower() if self.key_sha256 else hashlib.sha256(self.key.encode()).hexdigest()
 
 
 class Settings(BaseSettings):
@@ -66,6 +75,8 @@ class Settings(BaseSettings):
     result_store: Literal["redis", "filesystem"] = Field("redis", description="Where result files live")
     result_dir: Path | None = Field(None, description="Folder of the filesystem result store; default DATA_DIR/results")
     log_level: str = Field("INFO", description="Log level")
+    api_docs: bool = Field(True, description="Serve the interactive schema at /docs and the OpenAPI document at "
+                           "/openapi.json (without keys: they describe the API, not its data)")
 
     @property
     def model_store_dir(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import ExplainCaller, GatewayDep
+from service.deps import Caller, GatewayDep
 from service.jobs import TERMINAL, cancel, fail_if_abandoned, fetch_owned, public_status, purge, read_file
 from xai.jobs import observed_key
 
@@ -15,7 +15,7 @@ MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json":
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: ExplainCaller) -> dict:
+def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> dict:
     job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
     body = public_status(job, str(request.base_url))
     _observe_end(request, gateway, body)
@@ -23,7 +23,7 @@ def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: ExplainC
 
 
 @router.delete("/{job_id}", status_code=202)
-def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: ExplainCaller) -> Response:
+def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> Response:
     """An ended job is erased at once (204; then 404); a queued one is canceled at once and a running
     one at its next progress report (202 with its status: delete it again once it has ended)."""
     job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
@@ -36,7 +36,7 @@ def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: Expla
 
 
 @router.get("/{job_id}/{name:path}")
-def get_file(job_id: str, name: str, gateway: GatewayDep, caller: ExplainCaller) -> Response:
+def get_file(job_id: str, name: str, gateway: GatewayDep, caller: Caller) -> Response:
     """A result file: heatmap.png, overlay.png, heatmap.npy, heatmap_model.npy (or <method>/... for a comparison)."""
     job = fetch_owned(gateway, job_id, caller)
     blob = read_file(gateway, job, name)

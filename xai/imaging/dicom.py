@@ -55,6 +55,7 @@ from xai.imaging.canonical import (
     resolve_frame,
     to_unit_range,
 )
+from xai.imaging.defined_terms import BODY_PARTS, MODALITIES, VIEW_POSITIONS
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
@@ -378,17 +379,18 @@ def _safe_meta(
         "transfer_syntax": {"name": syntax.name, "uid": str(syntax)},
         "number_of_frames": number_of_frames,
         "frame": frame,
-        "modality": _code_string(ds, "Modality"),
-        "body_part_examined": _code_string(ds, "BodyPartExamined"),
-        "view_position": _code_string(ds, "ViewPosition"),
+        "modality": _defined_term(ds, "Modality", MODALITIES),
+        "body_part_examined": _defined_term(ds, "BodyPartExamined", BODY_PARTS),
+        "view_position": _defined_term(ds, "ViewPosition", VIEW_POSITIONS),
         "pixel_spacing": _pixel_spacing(ds),
     }
 
 
-def _code_string(ds: Dataset, keyword: str) -> str | None:
+def _defined_term(ds: Dataset, keyword: str, terms: frozenset[str]) -> str | None:
+    """The attribute's value when it is one of the standard's defined terms; free text there can identify."""
     value = ds.get(keyword)
     stripped = value.strip() if isinstance(value, str) else ""
-    return stripped if _CODE_STRING.fullmatch(stripped) else None
+    return stripped if stripped in terms else None
 
 
 def _pixel_spacing(ds: Dataset) -> list[float] | None:
