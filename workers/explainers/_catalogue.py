@@ -4,7 +4,8 @@
 method with gradients enabled, and, for methods that draw random numbers, explains each image under its own
 seeded generator so that a heatmap does not depend on which other images share the batch.
 ``CaptumAttribution`` adds the common path of Captum input attributions, reducing ``B x C x H x W`` to
-``B x H x W``.
+``B x H x W``; ``PlainCaptumAttribution`` and ``GridAttribution`` are the two ways of calling Captum that
+several methods share.
 ``ReportingModel`` wraps the classifier so that library loops we cannot see into (Captum's steps and windows,
 pytorch-grad-cam's channels) report progress after every forward pass, and so can be cancelled there.
 """
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import captum.attr
 import numpy as np
 import torch
 from torch import nn
@@ -154,6 +156,17 @@ class CaptumAttribution(CatalogueExplainer):
         """Return ``B x C x H x W`` attributions and per-image details (``[]`` for none)."""
 
 
+class PlainCaptumAttribution(CaptumAttribution):
+    """A Captum attribution that takes nothing but the inputs and the targets; subclasses name its class."""
+
+    captum_class: ClassVar[type[captum.attr.Attribution]]
+
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        return self.captum_class(model).attribute(inputs, target=targets), []
+
+
 class PerturbationAttribution(CaptumAttribution):
     """A Captum perturbation method whose features span all channels of a pixel block.
 
@@ -162,9 +175,46 @@ class PerturbationAttribution(CaptumAttribution):
     """
 
     uses_gradients = False
+    # Score differences between nearly equal logits do not survive half precision rounding.
+    supports_autocast: ClassVar[bool] = False
 
     def _reduce(self, attributions: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         return attributions.mean(dim=1)
+
+
+class GridAttribution(PerturbationAttribution):
+    """A Captum perturbation method whose features are the cells of a ``grid x grid`` partition of the image.
+
+    Subclasses name the Captum class; one that evaluates every cell more than once says how often
+    (``_passes_per_cell``) and with which extra arguments (``_options``).
+    """
+
+    captum_class: ClassVar[type[captum.attr.Attribution]]
+
+    def _rows_per_image(self, images: torch.Tensor, params: dict[str, Any]) -> int:
+        height, width = images.shape[-2:]
+        cells = min(params["grid"], height) * min(params["grid"], width)
+        return 1 + self._passes_per_cell(params) * cells  # plus one pass on the input or on the baseline
+
+    def _passes_per_cell(self, params: dict[str, Any]) -> int:
+        return 1
+
+    def _options(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of ``captum_class.attribute`` beyond those every grid method takes."""
+        return {}
+
+    def _attribute(
+        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: dict[str, Any]
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        attributions = self.captum_class(model).attribute(
+            inputs,
+            baselines=baseline_images(inputs, params["baseline"]),
+            target=targets,
+            feature_mask=grid_feature_mask(*inputs.shape[-2:], params["grid"], inputs.device),
+            perturbations_per_eval=rows_per_pass(params["internal_batch_size"], inputs.shape[0]),
+            **self._options(params),
+        )
+        return attributions, []
 
 
 def channel_heatmap(attributions: torch.Tensor, sign: str) -> torch.Tensor:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import captum.attr
-import torch
-from torch import nn
 
-from workers.explainers._catalogue import CaptumAttribution
+from workers.explainers._catalogue import PlainCaptumAttribution
 
 
-class Deconvolution(CaptumAttribution):
+class Deconvolution(PlainCaptumAttribution):
     """Deconvnet backpropagation through the model's ``nn.ReLU`` modules.
 
     Because the forward ReLU masks are ignored, the map depends little on the class and on the upper layers
@@ -23,8 +19,4 @@ class Deconvolution(CaptumAttribution):
     """
 
     name = "deconvolution"
-
-    def _attribute(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: dict[str, Any]
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        return captum.attr.Deconvolution(model).attribute(inputs, target=targets), []
+    captum_class = captum.attr.Deconvolution

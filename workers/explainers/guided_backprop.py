@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import captum.attr
-import torch
-from torch import nn
 
-from workers.explainers._catalogue import CaptumAttribution
+from workers.explainers._catalogue import PlainCaptumAttribution
 
 
-class GuidedBackprop(CaptumAttribution):
+class GuidedBackprop(PlainCaptumAttribution):
     """Guided backpropagation through the model's ``nn.ReLU`` modules (in-place ones included).
 
     Captum overrides the gradient of ReLU *modules* with hooks; ReLUs called as functions (``F.relu``) keep
@@ -22,8 +18,4 @@ class GuidedBackprop(CaptumAttribution):
     """
 
     name = "guided_backprop"
-
-    def _attribute(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: dict[str, Any]
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        return captum.attr.GuidedBackprop(model).attribute(inputs, target=targets), []
+    captum_class = captum.attr.GuidedBackprop

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import captum.attr
-import torch
-from torch import nn
 
-from workers.explainers._catalogue import CaptumAttribution
+from workers.explainers._catalogue import PlainCaptumAttribution
 
 
-class InputXGradient(CaptumAttribution):
+class InputXGradient(PlainCaptumAttribution):
     """Input times gradient, reduced over channels as ``sign`` says. Reference: arXiv:1605.01713.
 
     Example:
@@ -19,8 +15,4 @@ class InputXGradient(CaptumAttribution):
     """
 
     name = "input_x_gradient"
-
-    def _attribute(
-        self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: dict[str, Any]
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        return captum.attr.InputXGradient(model).attribute(inputs, target=targets), []
+    captum_class = captum.attr.InputXGradient

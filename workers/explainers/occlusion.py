@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import captum.attr
 import torch
@@ -26,8 +26,6 @@ class Occlusion(PerturbationAttribution):
     """
 
     name = "occlusion"
-    # Score differences between nearly equal logits do not survive half precision rounding.
-    supports_autocast: ClassVar[bool] = False
 
     def _rows_per_image(self, images: torch.Tensor, params: dict[str, Any]) -> int:
         windows = [
