@@ -1,14 +1,18 @@
-"""Running a pytorch-grad-cam method on a batch, with its hooks released whatever happens."""
+"""Running a pytorch-grad-cam method on a batch, with its hooks released whatever happens, and the base of
+the explainers that do."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+from typing import ClassVar
 
 import torch
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+
+from workers.explainers._catalogue import CatalogueExplainer
 
 
 def library_cam(
@@ -44,3 +48,11 @@ def library_cam(
     finally:
         cam.activations_and_grads.release()
     return torch.from_numpy(maps).to(images.device)
+
+
+class LibraryCam(CatalogueExplainer):
+    """A CAM method computed by pytorch-grad-cam on the manifest's target layer (maps scaled to [0, 1])."""
+
+    needs_target_layer: ClassVar[bool] = True
+    # The library converts activations to NumPy, which has no bfloat16.
+    supports_autocast: ClassVar[bool] = False

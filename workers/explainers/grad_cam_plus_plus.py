@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytorch_grad_cam
 import torch
 
-from workers.explainers._catalogue import CatalogueExplainer, ReportingModel
-from workers.explainers._grad_cam_library import library_cam
+from workers.explainers._catalogue import ReportingModel
+from workers.explainers._grad_cam_library import LibraryCam, library_cam
 from workers.explainers.base import Explanation, Progress
 
 
-class GradCamPlusPlus(CatalogueExplainer):
+class GradCamPlusPlus(LibraryCam):
     """pytorch-grad-cam's GradCAMPlusPlus on the manifest's target layer; maps scaled to [0, 1] per image.
 
-    Reference: arXiv:1710.11063.
+    Never under autocast (``LibraryCam``), which it could not take anyway: cubes of float16 gradients
+    underflow. Reference: arXiv:1710.11063.
 
     Example:
         >>> explainer = GradCamPlusPlus(model, target_layer=model.features[-1])
@@ -23,9 +24,6 @@ class GradCamPlusPlus(CatalogueExplainer):
     """
 
     name = "grad_cam_plus_plus"
-    needs_target_layer: ClassVar[bool] = True
-    # The library converts activations to NumPy (no bfloat16), and cubes of float16 gradients underflow.
-    supports_autocast: ClassVar[bool] = False
 
     def _explain_batch(
         self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytorch_grad_cam
 import torch
 
-from workers.explainers._catalogue import CatalogueExplainer, ReportingModel, sub_progress
-from workers.explainers._grad_cam_library import library_cam
+from workers.explainers._catalogue import ReportingModel, sub_progress
+from workers.explainers._grad_cam_library import LibraryCam, library_cam
 from workers.explainers.base import Explanation, Progress
 
 
-class ScoreCam(CatalogueExplainer):
+class ScoreCam(LibraryCam):
     """pytorch-grad-cam's ScoreCAM on the manifest's target layer; maps scaled to [0, 1] per image.
 
     Images are explained one at a time: the library builds every masked copy of a batch at once
@@ -25,9 +25,6 @@ class ScoreCam(CatalogueExplainer):
     """
 
     name = "score_cam"
-    needs_target_layer: ClassVar[bool] = True
-    # The library converts activations to NumPy, which has no bfloat16.
-    supports_autocast: ClassVar[bool] = False
 
     def _explain_batch(
         self, images: torch.Tensor, targets: list[int], params: dict[str, Any], progress: Progress
