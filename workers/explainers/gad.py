@@ -60,14 +60,25 @@ from xai.errors import Conflict, InvalidInput
 from xai.methods.gad import DESIGN_CHOICES
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """ReLU whose backward passes only positive gradients through active units (Springenberg et al.)."""
+class _ReLURule(torch.autograd.Function):
+    """A ReLU whose backward pass follows a propagation rule; subclasses give the rule as ``backward``.
+
+    ``forward`` and ``setup_context`` are separate, as ``generate_vmap_rule`` requires.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass  # nothing to save for a rule that ignores the forward pass (deconvolution)
+
+
+class _GuidedReLU(_ReLURule):
+    """ReLU whose backward passes only positive gradients through active units (Springenberg et al.)."""
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -79,18 +90,8 @@ class _GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * (output > 0)
 
 
-class _DeconvolutionReLU(torch.autograd.Function):
+class _DeconvolutionReLU(_ReLURule):
     """ReLU whose backward passes the positive part of the gradient, whatever the input (Zeiler & Fergus)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
