@@ -383,8 +383,8 @@ class GAD(Explainer):
         gad_map = base_map * kept
         margins = self._margins(stack, images, targets)
         details = [
-            self._details(b, base_map, gad_map, important, params, batched_note) | {"logit_margin": margin}
-            for b, margin in enumerate(margins)
+            self._details(base, gad, marks, params, batched_note) | {"logit_margin": margin}
+            for base, gad, marks, margin in zip(base_map, gad_map, important.unbind(1), margins, strict=True)
         ]
         self._add_sensitivity(details, images, targets, base_map, gad_map, params["hull_top_fraction"])
         peak = base_map.flatten(1).amax(dim=1).clamp(min=torch.finfo(base_map.dtype).tiny)[:, None, None]
@@ -441,16 +441,12 @@ class GAD(Explainer):
         return [{name: round(value, 4) for name, value in zip(names, row)} for row in margins]
 
     def _details(
-        self,
-        b: int,
-        base_map: torch.Tensor,
-        gad_map: torch.Tensor,
-        important: torch.Tensor,
-        params: dict[str, Any],
+        self, base_map: torch.Tensor, gad_map: torch.Tensor, important: torch.Tensor, params: dict[str, Any],
         batched_note: str,
     ) -> dict[str, Any]:
-        counts = important[:, b].flatten(1).sum(dim=1).tolist()
-        kept = int((gad_map[b] > 0).sum())
+        """One image's details, from its H x W maps and its models x H x W important pixels."""
+        counts = important.flatten(1).sum(dim=1).tolist()
+        kept = int((gad_map > 0).sum())
         pair = self.support.class_pair
         summary = self.support.config["summary"]
         return {
@@ -465,7 +461,7 @@ class GAD(Explainer):
             "threshold_rule": DESIGN_CHOICES["important_pixels"],
             "important_pixels": {"base": counts[0], "per_support_model": counts[1:], "gad": kept},
             "retained_fraction": kept / counts[0] if counts[0] else None,
-            **complexity_ratio(gad_map[b], base_map[b], params["hull_top_fraction"]),
+            **complexity_ratio(gad_map, base_map, params["hull_top_fraction"]),
             "hull_top_fraction": params["hull_top_fraction"],
             "support_evaluation": batched_note,
             "training": {key: summary.get(key) for key in ("epochs", "learning_rate", "margin_shift")},
