@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level")
     api_docs: bool = Field(True, description="Serve the interactive schema at /docs and the OpenAPI document at "
                            "/openapi.json (without keys: they describe the API, not its data)")
+    redis_maxmemory_mb: int = Field(1024, ge=0, description="Memory limit of the embedded Redis (noeviction: "
+                                    "past it Redis refuses writes instead of dropping jobs); 0: no limit")
 
     @property
     def model_store_dir(self) -> Path:
