@@ -1,6 +1,6 @@
 """The ``xai`` command: run the service (embedded or as separate parts), register models, train.
 
-    xai serve [--port N]                      embedded Redis + one worker per queue + gateway
+    xai serve [--port N]                      embedded Redis + one worker per queue + gateway, supervised
     xai gateway [--host H] [--port N]         the gateway alone, against XAI_REDIS_URL
     xai worker --queues fast,slow [--device cuda:0]
     xai register FOLDER                       register a model folder (manifest.json + weights)
@@ -13,12 +13,12 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from app import logs
+from app.embedded import PRIVATE_UMASK, make_private_folder
 from models import DEMO_DIR
 from xai.jobs import QUEUES
 from xai.settings import Settings
@@ -27,6 +27,8 @@ log = logging.getLogger("app.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, so the AOF, model store, results and logs this process and its children write are 0600/0700.
+    os.umask(PRIVATE_UMASK)
     parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings()
@@ -65,17 +67,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args, settings: Settings) -> int:
-    """Start everything locally and keep it running; Ctrl-C stops it all."""
+    """Start everything locally and keep it running (see app/supervisor.py); Ctrl-C stops it all."""
     from app.embedded import EmbeddedRedis
+    from app.supervisor import Child, Supervisor
     from models.store import ModelStore
 
     settings = _with_bind(settings, args)
     from service.main import check_exposure
 
     check_exposure(settings)
-    redis = None
+    make_private_folder(settings.data_dir)
+    children = []
     if not settings.redis_url:
-        redis = EmbeddedRedis(settings.data_dir / "redis").start()
+        redis = EmbeddedRedis(settings.data_dir / "redis", maxmemory_mb=settings.redis_maxmemory_mb)
+        children.append(Child("redis", redis.command(), ready=redis.answers))
         settings = settings.model_copy(update={"redis_url": redis.url})
     store = ModelStore(settings.model_store_dir)
     for folder in sorted(DEMO_DIR.glob("*/manifest.json")):
@@ -89,39 +94,18 @@ def _serve(args, settings: Settings) -> int:
         "XAI_PORT": str(settings.port),
     }
     commands = {f"worker-{q}": ["worker", "--queues", q] for q in QUEUES} | {"gateway": ["gateway"]}
-    try:
-        _supervise({name: [sys.executable, "-m", "app.cli", *cmd] for name, cmd in commands.items()}, env)
-    finally:
-        if redis:
-            redis.stop()
+    children += [Child(name, [sys.executable, "-m", "app.cli", *cmd]) for name, cmd in commands.items()]
+    status_file = settings.data_dir / "supervisor.json"
+    log.info("serving on http://%s:%s (Ctrl-C to stop); status in %s", settings.host, settings.port, status_file)
+    Supervisor(children, status_file, env).run(_stop_on_signals())
     return 0
 
 
-def _supervise(commands: dict[str, list[str]], env: dict[str, str]) -> None:
-    """Run each command; restart one that dies (a killed worker comes back); stop all on SIGINT/SIGTERM."""
-    stopping = False
-
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
-    log.info("serving on http://%s:%s (Ctrl-C to stop)", env["XAI_HOST"], env["XAI_PORT"])
-    while not stopping:
-        time.sleep(0.5)
-        for name, child in children.items():
-            if child.poll() is not None and not stopping:
-                log.warning("%s exited with %s; restarting it", name, child.returncode)
-                children[name] = subprocess.Popen(commands[name], env=env)
-    for child in children.values():
-        child.terminate()
-    for child in children.values():
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stop.set())
+    return stop
 
 
 def _with_bind(settings: Settings, args) -> Settings:
