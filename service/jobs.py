@@ -34,6 +34,7 @@ from xai.jobs import (
     observed_key,
     parse_request,
 )
+from xai.persistence import mark_patient_data_deleted
 from xai.results import JOB_ID
 from xai.wire import decode_heatmap, npy_bytes
 
@@ -178,6 +179,7 @@ def cancel(gateway: Gateway, job: Job) -> None:
         job.meta["stage"] = Stage.CANCELED.value
         job.save_meta()
         gateway.redis.delete(*input_keys(job.id))
+        mark_patient_data_deleted(gateway.redis)
     elif status == JobStatus.STARTED:
         gateway.redis.set(cancel_key(job.id), 1, ex=gateway.settings.timeout_slow_s)
 
@@ -189,6 +191,7 @@ def purge(gateway: Gateway, job: Job) -> None:
     if job.meta.get("idempotency"):
         keys.append(job.meta["idempotency"])
     gateway.redis.delete(*keys)
+    mark_patient_data_deleted(gateway.redis)
     Result.delete_all(job)
     job.delete(remove_from_queue=True, delete_dependents=False)
 

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.deps import Gateway
 from service.routes import explanations, jobs, methods, models, system
 from service.telemetry import Telemetry
-from xai.errors import ErrorCode, ServiceError
+from xai.errors import ErrorCode, Overloaded, ServiceError
 from xai.settings import Settings, get_settings
 
 log = logging.getLogger("xai.gateway")
@@ -79,7 +79,10 @@ def _error_response(request: Request, status: int, code: str, message: str) -> J
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
-        return _error_response(request, error.http_status, error.code, error.message)
+        response = _error_response(request, error.http_status, error.code, error.message)
+        if isinstance(error, Overloaded):
+            response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -79,6 +79,26 @@ def test_health_and_readiness(client, settings):
     assert not_ready.status_code == 503 and "fast" in not_ready.json()["reason"]
 
 
+def test_readiness_counts_only_workers_with_a_current_heartbeat(client, settings):
+    """A worker killed with -9 leaves its RQ record for its TTL plus 60 s; it must not count as serving."""
+    from datetime import UTC, datetime, timedelta
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from rq.utils import utcformat
+    from rq.worker import Worker
+
+    redis = Redis.from_url(settings.redis_url)
+    worker = Worker([Queue("fast", connection=redis, serializer=JSONSerializer)], connection=redis, name="killed")
+    worker.register_birth()
+    submit(client, png(mnist_digit(3)))
+    assert client.get("/readyz").status_code == 200  # heard from just now
+    stale = datetime.now(UTC) - timedelta(seconds=settings.worker_ttl_s + 1)
+    redis.hset(worker.key, "last_heartbeat", utcformat(stale))
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["queues"]["fast"]["workers"] == 0
+
+
 def test_models_and_methods_are_listed(client):
     models = client.get("/v1/models").json()["models"]
     demo = next(m for m in models if m["id"] == MODEL)

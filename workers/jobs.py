@@ -25,6 +25,7 @@ from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.errors import ErrorCode, JobCancelled, ServiceError
 from xai.jobs import ExplainJob, ExplainResult, Stage, TrainJob, ValidateJob, input_keys
+from xai.persistence import mark_patient_data_deleted
 from xai.settings import get_settings
 
 log = logging.getLogger("xai.worker")
@@ -70,6 +71,7 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
         ends = {job.job_id: body for job in batch}
     finally:
         ctx.connection.delete(*(key for job in batch for key in input_keys(job.job_id)))
+        mark_patient_data_deleted(ctx.connection)
     for peer in peers:
         result, error = _outcome(ctx, peer.request.job_id, ends, progress.canceled)
         _close_peer(ctx, peer, result, error)

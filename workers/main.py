@@ -21,6 +21,7 @@ from rq.worker import WorkerStatus
 
 from workers import claim, jobs
 from workers.runtime import WorkerContext, set_torch_threads
+from xai.persistence import rewrite_if_patient_data_deleted
 from xai.settings import Settings
 
 log = logging.getLogger("xai.worker")
@@ -38,6 +39,10 @@ class ExplainWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.abandoned_after_s
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        rewrite_if_patient_data_deleted(self.connection)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         peers = self._claim_peers(job, queue)
@@ -89,5 +94,6 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, na
         serializer=JSONSerializer,
         name=name,
         maintenance_interval=settings.abandoned_after_s,
+        worker_ttl=settings.worker_ttl_s,
     )
     return worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)

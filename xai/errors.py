@@ -111,6 +111,9 @@ _CODES: tuple[tuple[str, int, str, str], ...] = (
     ("out_of_memory", 503, "job", "the worker ran out of device memory; lower internal_batch_size or the image size and retry"),
     ("explanation_failed", 500, "job", "the worker failed while computing; the operators have the details in the worker log"),
     ("corrupt_stored_input", 500, "job", "the stored input is damaged; submit the job again"),
+    ("queue_full", 429, "service", "the queue holds XAI_MAX_QUEUE_DEPTH waiting jobs; retry after Retry-After seconds"),
+    ("rate_limited", 429, "service", "this API key sent more than XAI_RATE_LIMIT_PER_MINUTE jobs this minute; retry after Retry-After seconds"),
+    ("storage_full", 503, "service", "Redis is near its memory limit; retry after Retry-After seconds, when finished jobs have expired"),
     ("service_unavailable", 503, "service", "the service cannot take requests now; retry later"),
     ("internal_error", 500, "service", "an unexpected error occurred; it has been logged"),
 )
@@ -176,6 +179,16 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     code = ErrorCode.SERVICE_UNAVAILABLE
+
+
+class Overloaded(ServiceError):
+    """Refused for load, not for the request: the caller retries the same request after ``retry_after_s``."""
+
+    code = ErrorCode.QUEUE_FULL
+
+    def __init__(self, message: str | None = None, *, code: ErrorCode | str | None = None, retry_after_s: int):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class JobCancelled(Exception):

@@ -66,10 +66,18 @@ class Settings(BaseSettings):
     max_frames: int = Field(2000, description="Largest accepted number of frames in a multi-frame DICOM")
     model_cache_size: int = Field(4, description="Models a worker keeps resident (LRU)")
     heartbeat_s: int = Field(5, description="Worker heartbeat period while a job runs")
+    worker_ttl_s: int = Field(20, ge=16, description="An idle worker heartbeats every worker_ttl_s - 15 s; /readyz "
+                              "counts only workers heard from within worker_ttl_s")
     abandoned_after_s: int = Field(30, description="A started job whose worker is silent this long is failed")
     batch_max: int = Field(16, ge=1, description="Most waiting jobs of one model, method and params explained in one pass")
     batch_wait_ms: int = Field(0, ge=0, le=10_000, description="How long a worker waits for more compatible jobs "
                                "before running a batch smaller than batch_max")
+    max_queue_depth: int = Field(10_000, ge=0, description="Waiting jobs a queue takes before new ones get 429 "
+                                 "queue_full (0: no limit)")
+    rate_limit_per_minute: int = Field(6_000, ge=0, description="Jobs one API key may submit per minute before 429 "
+                                       "rate_limited (0: no limit)")
+    redis_memory_headroom: float = Field(0.1, ge=0.0, lt=1.0, description="Share of Redis's maxmemory kept free: "
+                                         "past it new jobs get 503 storage_full, before Redis itself refuses writes")
     display_max_side: int = Field(1024, ge=64, le=8192, description="Long side of the rendered PNGs and of the "
                                   "input copy kept for them; results never grow past it")
     result_store: Literal["redis", "filesystem"] = Field("redis", description="Where result files live")

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from models.manifest import ModelManifest
+from service.admission import admit
 from service.deps import ExplainCaller, GatewayDep
 from service.ingest import ingest_upload, job_inputs, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id, status_url
@@ -49,6 +50,8 @@ async def create_explanation(
     settings = gateway.settings
     manifest = gateway.store.get(model_id, model_version)
     methods = _methods(method, manifest)
+    queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
+    admit(gateway, caller, queue)
     method_params = _params(params, methods)
     target_index = _target(target, manifest)
     quality_metrics = _quality_metrics(quality)
@@ -78,7 +81,6 @@ async def create_explanation(
         job_inputs, job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
         keep_native=patch_mode, annotation=mask,
     )
-    queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
     enqueue(gateway, queue, EXPLAIN_ENTRY, job, owner=caller.name, inputs=inputs, idempotency=idempotency_key)
     for name in methods:
         request.app.state.telemetry.submitted.labels("explanation", name).inc()

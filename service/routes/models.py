@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from pydantic import ValidationError
 
 from models.manifest import ModelManifest
+from service.admission import admit
 from service.deps import AdminCaller, ExplainCaller, GatewayDep
 from service.jobs import enqueue, new_job_id, status_url
 from xai import jsontext
@@ -47,6 +48,7 @@ def register_model(
     weights: Annotated[UploadFile, File(description="A state_dict (.pt) or a TorchScript file")],
 ) -> dict:
     """Register a new version of a classifier; a worker then builds and runs it once to mark it ready."""
+    admit(gateway, caller, "fast")
     parsed = _parse_manifest(manifest)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / parsed.weights_file
@@ -97,6 +99,7 @@ def train_artifacts(
 ) -> dict:
     """Train a method's per-model artifacts (e.g. SyCE generators) on a folder under the training data root."""
     spec = get_trainable(method)
+    admit(gateway, caller, "train")
     manifest = gateway.store.get(model_id, body.get("version"))
     if manifest.status != "ready":
         raise Conflict(f"model {manifest.key} is {manifest.status}, not ready", code="model_not_ready")

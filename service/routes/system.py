@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from rq import Queue
 from rq.worker import Worker
 
 from service.deps import GatewayDep
@@ -25,7 +28,7 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
     try:
         gateway.redis.ping()
         queues = {
-            name: {"waiting": queue.count, "workers": Worker.count(queue=queue)}
+            name: {"waiting": queue.count, "workers": _live_workers(queue, gateway.settings.worker_ttl_s)}
             for name, queue in gateway.queues.items()
         }
     except RedisError as error:
@@ -36,6 +39,14 @@ def readyz(gateway: GatewayDep) -> JSONResponse:
     if stalled:
         body["reason"] = f"no live worker on queue(s) with waiting jobs: {', '.join(stalled)}"
     return JSONResponse(body, status_code=503 if stalled else 200)
+
+
+def _live_workers(queue: Queue, ttl_s: int) -> int:
+    """Workers on the queue heard from within ``ttl_s``. A killed worker's record outlives it by RQ's own
+    expiry (its TTL plus 60 s), so counting records would call a queue served that no one serves."""
+    oldest = datetime.now(UTC) - timedelta(seconds=ttl_s)
+    return sum(1 for worker in Worker.all(queue=queue)
+               if worker.last_heartbeat and worker.last_heartbeat.replace(tzinfo=UTC) >= oldest)
 
 
 @router.get("/metrics", include_in_schema=False)
