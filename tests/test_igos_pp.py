@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from workers.explainers.base import no_progress
+from workers.explainers import igos_pp
 from workers.explainers.igos_pp import (
     IgosPP,
     Settings,
@@ -89,9 +90,10 @@ def test_spec_defaults_are_the_papers_settings():
     assert defaults["min_step_size"] == 1e-5
     # The service's line search departs from the paper by default; PAPER_SCHEDULE undoes every departure.
     assert (defaults["line_search_start"], defaults["line_search_noise"]) == ("warm", "shared")
-    assert defaults["line_search_points"] == 5
+    assert defaults["line_search_points"] == 5 and defaults["precision"] == "auto"
     paper = Settings.from_params(params(**PAPER_SCHEDULE), 28, 28)
     assert not paper.warm_start and not paper.shared_noise and paper.search_points == paper.steps == 20
+    assert paper.autocast is None  # float32 even on a CPU with AMX
     for param in SPEC.params:
         assert param.description and (param.minimum is not None or param.choices)
 
@@ -137,6 +139,38 @@ def test_warm_start_begins_one_decay_above_the_accepted_step():
     assert _next_first_steps(warm, accepted).tolist() == pytest.approx([8.0, 40.0, 1000.0, 1000.0])
     paper = Settings.from_params(params(**PAPER_SCHEDULE), 28, 28)
     assert _next_first_steps(paper, accepted).tolist() == [1000.0] * 4
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_precision_auto_is_bfloat16_only_on_a_cpu_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(igos_pp, "cpu_has_amx", lambda: amx)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert igos_pp.autocast_dtype("auto", cpu) == (torch.bfloat16 if amx else None)
+    assert igos_pp.autocast_dtype("auto", None) == (torch.bfloat16 if amx else None)  # None: the CPU
+    assert igos_pp.autocast_dtype("auto", cuda) is None
+    assert igos_pp.autocast_dtype("float32", cpu) is None
+    assert igos_pp.autocast_dtype("bfloat16", cpu) == igos_pp.autocast_dtype("bfloat16", cuda) == torch.bfloat16
+    chosen = Settings.from_params(params(), 28, 28, cpu)
+    assert chosen.autocast == (torch.bfloat16 if amx else None)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_bfloat16_runs_the_model_in_bfloat16_and_finds_the_evidence(precision):
+    model, image = SquareEvidence(), square_image()
+    seen = set()
+    model.readout.register_forward_hook(
+        lambda _module, _inputs, output: seen.add((torch.is_grad_enabled(), output.dtype))
+    )
+    result = optimise(model.eval(), image, [1], params(mask_size=24, precision=precision), no_progress)
+    # The gradient passes run in the chosen precision; the line search and the start scores in float32.
+    gradient_dtype = torch.float32 if precision == "float32" else torch.bfloat16
+    assert seen == {(True, gradient_dtype), (False, torch.float32)}
+    heatmap = result.heatmaps()["product"][0]
+    region = torch.zeros(24, 24, dtype=torch.bool)
+    region[SQUARE] = True
+    assert heatmap.dtype == result.final["loss"].dtype == torch.float32
+    assert heatmap[region].sum() / heatmap.sum() > 0.9  # float32 and bfloat16 alike: 0.91 of the mass
+    assert result.final["loss"].item() < result.initial["loss"].item()
 
 
 def _reference_module():
