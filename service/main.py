@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.deps import Gateway
-from service.routes import explanations, jobs, methods, models, system
+from service.routes import events, explanations, jobs, methods, models, system
 from service.telemetry import Telemetry
 from xai.errors import ErrorCode, Overloaded, ServiceError
 from xai.settings import Settings, get_settings
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
     _install_error_handlers(app)
-    for router in (system.router, methods.router, models.router, explanations.router, jobs.router):
+    # events before jobs: jobs' /{job_id}/{name:path} (result files) would otherwise take /{job_id}/events.
+    for router in (system.router, methods.router, models.router, explanations.router, events.router, jobs.router):
         app.include_router(router)
     return app
 
