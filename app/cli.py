@@ -79,7 +79,8 @@ def _serve(args, settings: Settings) -> int:
     make_private_folder(settings.data_dir)
     children = []
     if not settings.redis_url:
-        redis = EmbeddedRedis(settings.data_dir / "redis", maxmemory_mb=settings.redis_maxmemory_mb)
+        redis = EmbeddedRedis(settings.data_dir / "redis", maxmemory_mb=settings.redis_maxmemory_mb,
+                              appendfsync=settings.redis_appendfsync)
         children.append(Child("redis", redis.command(), ready=redis.answers))
         settings = settings.model_copy(update={"redis_url": redis.url})
     store = ModelStore(settings.model_store_dir)

@@ -43,11 +43,12 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """Start with ``start()``, stop with ``stop()``; ``url`` is the unix-socket URL clients use."""
 
-    def __init__(self, folder: Path, *, appendonly: bool = True, maxmemory_mb: int = 0):
+    def __init__(self, folder: Path, *, appendonly: bool = True, maxmemory_mb: int = 0, appendfsync: str = "always"):
         self.folder = make_private_folder(Path(folder).resolve())
         self.socket = self.folder / "redis.sock"
         self.appendonly = appendonly
         self.maxmemory_mb = maxmemory_mb
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 
     @property
@@ -63,7 +64,7 @@ class EmbeddedRedis:
             "--unixsocketperm", "700",
             "--dir", str(self.folder),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--loglevel", "warning",

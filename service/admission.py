@@ -25,12 +25,12 @@ def admit(gateway: Gateway, principal: Principal, queue: str) -> None:
         Overloaded: ``rate_limited`` (429), ``queue_full`` (429) or ``storage_full`` (503).
     """
     settings = gateway.settings
+    _check_memory(gateway.redis, settings.redis_memory_headroom)  # first: the rate check writes
     if settings.rate_limit_per_minute:
         _check_rate(gateway.redis, principal.name, settings.rate_limit_per_minute)
     if settings.max_queue_depth and gateway.queues[queue].count >= settings.max_queue_depth:
         raise Overloaded(f"the {queue} queue holds {settings.max_queue_depth} waiting jobs, its limit; "
                          "retry later", code="queue_full", retry_after_s=QUEUE_RETRY_S)
-    _check_memory(gateway.redis, settings.redis_memory_headroom)
 
 
 def _check_rate(redis: Redis, name: str, per_minute: int) -> None:

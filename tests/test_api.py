@@ -232,6 +232,20 @@ def test_idempotency_key_returns_the_same_job(client):
     assert client.get(f"/v1/jobs/{retried.json()['job_id']}").status_code == 200
 
 
+def test_an_idempotency_claim_whose_job_never_reached_the_queue_is_taken_over_by_a_retry(client, settings):
+    """Redis or the gateway died between claiming the key and enqueueing: the retry must not get a phantom job."""
+    from service.jobs import STALE_CLAIM_S
+    from xai.jobs import idempotency_key
+
+    redis = Redis.from_url(settings.redis_url)
+    key = idempotency_key("local", "lost-in-between")
+    redis.set(key, "f" * 32, ex=settings.result_ttl_s - STALE_CLAIM_S - 1)  # claimed long ago, never enqueued
+    retried = submit(client, png(mnist_digit(3)), headers={"Idempotency-Key": "lost-in-between"}).json()["job_id"]
+    assert retried != "f" * 32 and client.get(f"/v1/jobs/{retried}").status_code == 200
+    again = submit(client, png(mnist_digit(3)), headers={"Idempotency-Key": "lost-in-between"}).json()["job_id"]
+    assert again == retried
+
+
 def test_cancel_a_queued_job(client, settings):
     job_id = submit(client, png(mnist_digit(3))).json()["job_id"]
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
@@ -348,19 +362,21 @@ def test_registering_wrong_weights_marks_the_model_invalid(client, settings):
 
 
 def test_killed_worker_leaves_the_job_failed_with_a_reason(client, settings):
-    """A worker killed mid-job: the job ends 'failed' with code worker_lost, never 'started' forever."""
+    """A worker killed mid-job: the job is re-queued once, and a second kill ends it 'failed' with code
+    worker_lost, never 'started' forever."""
     params = json.dumps({"iterations": 500})  # minutes of work: the kill always lands mid-job
     job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params=params).json()["job_id"]
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
-    try:
-        _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "started", 60)
-    finally:
-        worker.kill()
-        worker.wait()
-    job = _wait_for(lambda: _ended(client, job_id), 30)
-    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+    for expected in ("queued", "failed"):
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+        try:
+            _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "started", 60)
+        finally:
+            worker.kill()
+            worker.wait()
+        job = _wait_for(lambda: (body := client.get(f"/v1/jobs/{job_id}").json())["status"] == expected and body, 30)
+    assert job["error"]["code"] == "worker_lost"
 
 
 def _ended(client, job_id):

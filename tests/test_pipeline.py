@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +13,9 @@ import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.worker import Worker
 
 from models.store import ModelStore
 from service.ingest import job_inputs
@@ -91,32 +95,106 @@ def test_progress_is_per_job_and_never_goes_backwards(settings):
     assert [s[0] for s in seen] == [0.45, 0.45, 0.8, 0.8] and all(a == b for a, b in seen)
 
 
-def test_a_worker_killed_mid_batch_leaves_every_job_of_it_failed_with_worker_lost(client, settings):
-    params = '{"iterations": 500}'  # minutes of work: the kill always lands mid-batch
-    job_ids = [submit(client, png(mnist_digit(3, i)), method="igos_pp", params=params).json()["job_id"]
-               for i in range(3)]
+def _slow_worker(settings) -> subprocess.Popen:
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "XAI_HEARTBEAT_S": "1", "XAI_ABANDONED_AFTER_S": "3", "PATH": "/usr/bin:/bin"}
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "slow"], cwd=REPO, env=env)
+
+
+def _kill_when(client, job_ids: list[str], predicate, timeout_s: float, settings) -> None:
+    """Start a worker, wait until every job satisfies ``predicate``, then kill -9 the worker."""
+    worker = _slow_worker(settings)
     try:
-        _wait_for(lambda: all(client.get(f"/v1/jobs/{j}").json()["status"] == "started" for j in job_ids), 60)
+        _wait_for(lambda: all(predicate(client.get(f"/v1/jobs/{j}").json()) for j in job_ids), timeout_s)
     finally:
         worker.kill()
         worker.wait()
+
+
+def _status(client, job_id: str) -> str:
+    return client.get(f"/v1/jobs/{job_id}").json()["status"]  # a poll also runs RQ's abandoned-job cleanup
+
+
+def test_a_worker_killed_mid_batch_has_each_job_retried_once_then_failed_worker_lost(client, settings):
+    params = '{"iterations": 500}'  # minutes of work: each kill lands mid-batch
+    job_ids = [submit(client, png(mnist_digit(3, i)), method="igos_pp", params=params).json()["job_id"]
+               for i in range(3)]
+    started = lambda job: job["status"] == "started"  # noqa: E731
+    _kill_when(client, job_ids, started, 60, settings)
+    # The first loss re-queues every job of the batch (their inputs are still there) ...
+    _wait_for(lambda: all(_status(client, j) == "queued" for j in job_ids), 30)
+    _kill_when(client, job_ids, started, 60, settings)
+    # ... the second fails them.
     for job_id in job_ids:
         job = _wait_for(lambda job_id=job_id: _ended(client, job_id), 30)
         assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
 
 
+def test_a_worker_cut_off_past_its_lease_drops_its_outcome_and_the_retry_is_the_only_result(client, settings):
+    """A worker frozen (as if Redis were unreachable) past its heartbeat TTL: RQ re-queues its batch and
+    another worker computes it; when the first comes back it records nothing, so each job has one result."""
+    params = '{"iterations": 40}'
+    job_ids = [submit(client, png(mnist_digit(3, i)), method="igos_pp", params=params).json()["job_id"]
+               for i in range(2)]
+    frozen = _slow_worker(settings)
+    try:
+        _wait_for(lambda: all(_status(client, j) == "started" for j in job_ids), 60)
+        os.kill(frozen.pid, signal.SIGSTOP)
+        _wait_for(lambda: all(_status(client, j) == "queued" for j in job_ids), 30)  # the lease lapsed
+        retry = _slow_worker(settings)
+        try:
+            _wait_for(lambda: all(_status(client, j) == "finished" for j in job_ids), 300)
+        finally:
+            retry.kill()
+            retry.wait()
+        os.kill(frozen.pid, signal.SIGCONT)
+        connection = Redis.from_url(settings.redis_url)
+        _wait_for(lambda: not StartedJobRegistry("slow", connection=connection).get_job_ids()
+                  and Worker.all(connection=connection)[0].get_state() == "idle", 300)
+        for job_id in job_ids:
+            job = Job.fetch(job_id, connection, JSONSerializer)
+            assert job.get_status() == "finished" and len(job.results()) == 1
+    finally:
+        frozen.kill()
+        frozen.wait()
+
+
+@pytest.mark.slow
+def test_ten_kills_of_a_worker_mid_job_leave_every_job_finished_once(client, settings):
+    """Ten kill -9, each mid-job: every job is re-queued once and then finished by the next worker, once."""
+    ends = []
+    for i in range(10):
+        job_id = submit(client, png(mnist_digit(8, i)), method="igos_pp", params='{"iterations": 60}').json()["job_id"]
+        _kill_when(client, [job_id], lambda job: job["status"] == "started", 120, settings)
+        _wait_for(lambda job_id=job_id: _status(client, job_id) == "queued", 30)
+        worker = _slow_worker(settings)  # the restarted worker takes the re-queued job
+        try:
+            ends.append(_wait_for(lambda job_id=job_id: _ended(client, job_id), 300))
+        finally:
+            worker.kill()
+            worker.wait()
+    connection = Redis.from_url(settings.redis_url)
+    computed = [len(Job.fetch(job["job_id"], connection, JSONSerializer).results()) for job in ends]
+    print(f"ten kills mid-job: {sum(j['status'] == 'finished' for j in ends)} of 10 finished after their retry, "
+          f"results per job {computed}")
+    assert [job["status"] for job in ends] == ["finished"] * 10 and computed == [1] * 10
+
+
 def test_two_workers_on_one_queue_compute_every_job_exactly_once(client, settings):
-    job_ids = [submit(client, png(mnist_digit(3 if i % 2 else 8, i))).json()["job_id"] for i in range(24)]
     env = {"XAI_REDIS_URL": settings.redis_url, "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu",
            "XAI_BATCH_MAX": "4", "PATH": "/usr/bin:/bin"}
-    workers = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "fast", "--burst"],
-                                cwd=REPO, env=env) for _ in range(2)]
-    for worker in workers:
-        assert worker.wait(timeout=120) == 0
+    workers = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "fast"], cwd=REPO, env=env)
+               for _ in range(2)]
     connection = Redis.from_url(settings.redis_url)
+    try:
+        # Both must be listening before the jobs arrive, or the first to start may drain the queue alone.
+        _wait_for(lambda: len(Worker.all(connection=connection)) == 2, timeout_s=120)
+        job_ids = [submit(client, png(mnist_digit(3 if i % 2 else 8, i))).json()["job_id"] for i in range(24)]
+        _wait_for(lambda: all(_ended(client, job_id) for job_id in job_ids), timeout_s=120)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
     computed_by = set()
     for job_id in job_ids:
         job = Job.fetch(job_id, connection, JSONSerializer)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from redis import Redis
 from rq import get_current_job
+from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
@@ -60,7 +61,7 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
     leader = ExplainJob.model_validate(payload)
     leader_job = get_current_job()
-    peers = ctx.take_claims(leader.job_id)
+    peers, execution = ctx.take_claims(leader.job_id)
     batch = [leader] + [peer.request for peer in peers]
     progress = GroupProgress([j for j in [leader_job] + [peer.job for peer in peers] if j is not None],
                              ctx.connection)
@@ -70,11 +71,17 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
         body = error_body(error, leader.job_id)
         ends = {job.job_id: body for job in batch}
     finally:
-        ctx.connection.delete(*(key for job in batch for key in input_keys(job.job_id)))
+        held = _still_held(ctx, leader.job_id, leader_job, execution, peers)
+        # A job RQ took back keeps its input for its retry.
+        ctx.connection.delete(*(key for job in batch if job.job_id in held for key in input_keys(job.job_id)))
         mark_patient_data_deleted(ctx.connection)
     for peer in peers:
-        result, error = _outcome(ctx, peer.request.job_id, ends, progress.canceled)
-        _close_peer(ctx, peer, result, error)
+        if peer.job.id in held:
+            _close_peer(ctx, peer, *_outcome(ctx, peer.request.job_id, ends, progress.canceled))
+        else:
+            peer.closed = True
+    if leader.job_id not in held:
+        return {}  # ExplainWorker drops this outcome (its lease is lost); the retry's is kept
     result, error = _outcome(ctx, leader.job_id, ends, progress.canceled)
     if error is not None:
         _mark(leader_job, _stage_of(error), error)
@@ -96,14 +103,28 @@ def _outcome(
     return None, end.to_dict() if isinstance(end, ServiceError) else end
 
 
+def _still_held(ctx: WorkerContext, leader_id: str, leader_job: Job | None, execution: Execution | None,
+                peers: list[claims.Claim]) -> set[str]:
+    """The ids of the batch's jobs this worker still holds (claims.still_held renews each lease)."""
+    ttl = ctx.settings.abandoned_after_s
+    held = {peer.job.id for peer in peers if claims.still_held(peer.job, peer.execution, ttl)}
+    if leader_job is None or execution is None or claims.still_held(leader_job, execution, ttl):
+        held.add(leader_id)
+    if len(held) < len(peers) + 1:
+        log.warning("RQ re-queued %d job(s) of this batch while the worker was cut off from Redis; their retries "
+                    "compute them", len(peers) + 1 - len(held))
+    return held
+
+
 def _close_peer(ctx: WorkerContext, peer: claims.Claim, result: dict[str, Any] | None,
                 error: dict[str, str] | None) -> None:
+    ttl = ctx.settings.abandoned_after_s
     if error is None:
         _mark(peer.job, Stage.FINISHED)
-        claims.finish(peer, result, ctx.worker_name)
+        claims.finish(peer, result, ctx.worker_name, ttl)
     else:
         _mark(peer.job, _stage_of(error), error)
-        claims.fail(peer, f"JobFailed: {error['code']}", ctx.worker_name)
+        claims.fail(peer, f"JobFailed: {error['code']}", ctx.worker_name, ttl)
 
 
 def _stage_of(error: dict[str, str]) -> Stage:

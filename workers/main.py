@@ -40,6 +40,28 @@ class ExplainWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.abandoned_after_s
 
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry) -> None:
+        if not self._lease_lost(job):
+            super().handle_job_success(job, queue, started_job_registry)
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = "") -> None:
+        if self._lease_lost(job):
+            return
+        # The one retry a job is enqueued with is for a lost worker (RQ's abandoned-job cleanup spends it).
+        # A failure this worker saw (bad input, an error, a timeout, a cancel) would fail again: never retried.
+        job.retries_left = 0
+        super().handle_job_failure(job, queue, started_job_registry, exc_string)
+
+    def _lease_lost(self, job: Job) -> bool:
+        """True when RQ took ``job`` back while this worker was cut off (claim.still_held); its outcome is dropped."""
+        if self.execution is None or claim.still_held(job, self.execution, self.abandoned_after_s):
+            return False
+        log.warning("job %s was re-queued while this worker was cut off from Redis; its retry runs it", job.id)
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe)
+            pipe.execute()
+        return True
+
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         rewrite_if_patient_data_deleted(self.connection)
@@ -48,10 +70,10 @@ class ExplainWorker(SimpleWorker):
         peers = self._claim_peers(job, queue)
         context = jobs.context()
         context.worker_name = self.name
-        context.hand_over(job.id, peers)
         stop = threading.Event()
         beating = threading.Thread(target=self._beat, args=(job, peers, stop), name="heartbeat", daemon=True)
         self.prepare_execution(job)
+        context.hand_over(job.id, peers, self.execution)
         beating.start()
         try:
             self.perform_job(job, queue)
@@ -61,7 +83,8 @@ class ExplainWorker(SimpleWorker):
             context.take_claims(job.id)
             for peer in peers:  # only if the leader's entry point never ran: nothing else leaves one open
                 if not peer.closed:
-                    claim.fail(peer, "the batch's leader job ended before running it", self.name)
+                    claim.fail(peer, "the batch's leader job ended before running it", self.name,
+                               self.abandoned_after_s)
         self.set_state(WorkerStatus.IDLE)
 
     def _claim_peers(self, job: Job, queue: Queue) -> list[claim.Claim]:
@@ -73,6 +96,8 @@ class ExplainWorker(SimpleWorker):
 
     def _beat(self, job: Job, peers: list[claim.Claim], stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
+            if self.execution is None:  # perform_job has already closed the leader's execution
+                break
             try:
                 self.maintain_heartbeats(job)
                 claim.heartbeat(peers, self.abandoned_after_s, self.connection)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from redis import Redis
+from rq.executions import Execution
 from rq.job import Job
 
 from models.loader import Classifier, load_classifier
@@ -100,6 +101,9 @@ class GroupProgress:
         self._last_save = 0.0
         self._span = (0.0, 1.0)
         self._reached = 0.0
+        # A job re-run after its worker was lost keeps the progress its first run reached until this run
+        # passes it, so that what a caller polls never goes backwards.
+        self._floor = {job.id: float(job.meta.get("progress", 0.0)) for job in jobs}
 
     def stage(self, stage: Stage, span: tuple[float, float] | None = None) -> None:
         """Enter a stage; ``span`` maps the stage's own 0..1 progress onto a part of the job's."""
@@ -120,11 +124,11 @@ class GroupProgress:
             return
         self._last_save = now
         self._reached = max(self._reached, progress)
-        update = {"progress": round(self._reached, 4)} | {k: v for k, v in fields.items() if v is not None}
+        update = {k: v for k, v in fields.items() if v is not None}
         with self.connection.pipeline(transaction=False) as pipe:
             for job in self.jobs:
                 if job.id not in self.canceled:
-                    job.meta.update(update)
+                    job.meta.update(update, progress=round(max(self._floor[job.id], self._reached), 4))
                     pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
             pipe.execute()
 
@@ -149,10 +153,11 @@ class WorkerContext:
         self.render_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self.worker_name = ""
         # Jobs the worker claimed to run with a leader job, by the leader's id, until its entry point takes them.
-        self._claims: dict[str, list] = {}
+        self._claims: dict[str, tuple[list, Execution | None]] = {}
 
-    def hand_over(self, leader_id: str, claims: list) -> None:
-        self._claims[leader_id] = claims
+    def hand_over(self, leader_id: str, claims: list, execution: Execution | None) -> None:
+        """What the worker claimed for a leader job: the peers' claims and the leader's own execution."""
+        self._claims[leader_id] = (claims, execution)
 
-    def take_claims(self, leader_id: str) -> list:
-        return self._claims.pop(leader_id, [])
+    def take_claims(self, leader_id: str) -> tuple[list, Execution | None]:
+        return self._claims.pop(leader_id, ([], None))
