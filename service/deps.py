@@ -7,12 +7,13 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from models.store import ModelStore
+from service.signing import UrlSigner
 from xai.errors import Forbidden, Unauthorized
 from xai.jobs import QUEUES
 from xai.results import ResultStore, open_result_store
@@ -28,13 +29,15 @@ class Gateway:
     store: ModelStore
     queues: dict[str, Queue]
     results: ResultStore
+    signer: UrlSigner
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
         redis = Redis.from_url(settings.redis_url)
         queues = {name: Queue(name, connection=redis, serializer=JSONSerializer) for name in QUEUES}
         results = open_result_store(settings.result_store, redis, settings.result_root)
-        return cls(settings, redis, ModelStore(settings.model_store_dir), queues, results)
+        signer = UrlSigner.open(settings, redis)
+        return cls(settings, redis, ModelStore(settings.model_store_dir), queues, results, signer)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,19 @@ def authenticate(request: Request, gateway: GatewayDep) -> Principal:
     raise Unauthorized("the API key is not valid", code="invalid_api_key")
 
 
+def read_file_as(
+    request: Request, gateway: GatewayDep, job_id: str, name: str,
+    expires: Annotated[str | None, Query(description="expiry of a signed URL (from result.files)")] = None,
+    by: Annotated[str | None, Query(description="owner named by a signed URL")] = None,
+    sig: Annotated[str | None, Query(description="signature of a signed URL")] = None,
+) -> Principal:
+    """A result file's reader: the owner a valid signed URL names (an <img> sends no header), else the key."""
+    if sig is None:
+        return authenticate(request, gateway)
+    gateway.signer.verify(job_id, name, by or "", expires or "", sig)
+    return Principal(by, ())
+
+
 def require(scope: str):
     def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if scope not in principal.scopes:
@@ -81,3 +97,4 @@ def require(scope: str):
 Caller = Annotated[Principal, Depends(authenticate)]
 ExplainCaller = Annotated[Principal, Depends(require("explain"))]
 AdminCaller = Annotated[Principal, Depends(require("admin"))]
+FileReader = Annotated[Principal, Depends(read_file_as)]

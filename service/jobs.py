@@ -9,10 +9,14 @@ reaches it, it fails with ``input_expired`` instead of vanishing.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import time
 import uuid
 from typing import Any
 
 from pydantic import BaseModel
+from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -20,7 +24,8 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
-from xai.errors import ErrorCode, NotFound
+from service.signing import UrlSigner
+from xai.errors import ErrorCode, InvalidInput, NotFound
 from xai.imaging.resize import resize
 from xai.jobs import (
     DERIVED_HEATMAPS,
@@ -32,6 +37,7 @@ from xai.jobs import (
     idempotency_key,
     input_keys,
     observed_key,
+    owner_jobs_key,
     parse_request,
 )
 from xai.persistence import mark_patient_data_deleted
@@ -39,6 +45,8 @@ from xai.results import JOB_ID
 from xai.wire import decode_heatmap, npy_bytes
 
 TERMINAL = ("finished", "failed", "canceled")
+WORKER_LOST_RETRIES = 1
+STALE_CLAIM_S = 30  # longer than any request holds an idempotency claim before its job is enqueued
 
 
 def new_job_id() -> str:
@@ -51,14 +59,24 @@ def status_url(base_url: str, job_id: str) -> str:
 
 
 def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str) -> str | None:
-    """Reserve ``key`` for ``job_id``; returns the job id already holding it, if any."""
+    """Reserve ``key`` for ``job_id``; returns the job id already holding it, if any.
+
+    A claim whose job never reached the queue (Redis or the gateway died between the claim and the
+    enqueue) would answer every retry with a job that does not exist: once it is older than any
+    request takes, the retry takes it over and is enqueued.
+    """
     if not key:
         return None
     redis_key = idempotency_key(owner, key)
-    if gateway.redis.set(redis_key, job_id, nx=True, ex=gateway.settings.result_ttl_s):
+    ttl = gateway.settings.result_ttl_s
+    if gateway.redis.set(redis_key, job_id, nx=True, ex=ttl):
         return None
-    existing = gateway.redis.get(redis_key)
-    return existing.decode() if existing else None
+    existing = (gateway.redis.get(redis_key) or b"").decode()
+    claimed_s_ago = ttl - gateway.redis.ttl(redis_key)
+    if existing and (Job.exists(existing, connection=gateway.redis) or claimed_s_ago < STALE_CLAIM_S):
+        return existing
+    gateway.redis.set(redis_key, job_id, ex=ttl)
+    return None
 
 
 def enqueue(
@@ -75,7 +93,7 @@ def enqueue(
     meta = {"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0}
     if idempotency:
         meta["idempotency"] = idempotency_key(owner, idempotency)
-    return gateway.queues[queue_name].enqueue(
+    job = gateway.queues[queue_name].enqueue(
         entry,
         request.model_dump(mode="json"),
         job_id=request.job_id,
@@ -83,7 +101,83 @@ def enqueue(
         result_ttl=settings.result_ttl_s,
         failure_ttl=settings.failure_ttl_s,
         meta=meta,
+        # Every job is idempotent (its inputs stay until it ends; training resumes from its checkpoint), so
+        # one whose worker died is run once more before it fails worker_lost. RQ's abandoned-job cleanup
+        # does the re-queue; the worker spends the retry on nothing else (ExplainWorker.handle_job_failure).
+        retry=Retry(max=WORKER_LOST_RETRIES),
     )
+    _index_by_owner(gateway, owner, job.id)
+    return job
+
+
+def _index_by_owner(gateway: Gateway, owner: str, job_id: str) -> None:
+    """List the job under its owner; the index outlives its longest-kept job and drops expired ids lazily."""
+    key = owner_jobs_key(owner)
+    settings = gateway.settings
+    with gateway.redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {job_id: time.time_ns() // 1_000_000})
+        pipe.expire(key, max(settings.result_ttl_s, settings.failure_ttl_s, settings.input_ttl_s) + 3600)
+        pipe.execute()
+
+
+def list_owned(
+    gateway: Gateway, principal: Principal, *, limit: int, cursor: str | None,
+    status: str | None = None, model_id: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """The caller's jobs, newest first, optionally of one status and model: a page and the next page's cursor.
+
+    The cursor names the last job shown (submission ms and id), so pages neither repeat nor skip a job
+    when newer ones arrive meanwhile.
+    """
+    key = owner_jobs_key(principal.name)
+    before_ms, before_id = _decode_cursor(cursor) if cursor else (None, None)
+    page: list[Job] = []
+    offset = 0
+    while len(page) < limit:
+        window = gateway.redis.zrevrangebyscore(
+            key, before_ms if before_ms is not None else "+inf", "-inf", start=offset, num=limit * 4, withscores=True)
+        if not window:
+            return page, None
+        offset += len(window)
+        for member, score in window:
+            job_id = member.decode()
+            if before_ms is not None and int(score) == before_ms and job_id >= before_id:
+                continue
+            job = _fetch_listed(gateway, key, job_id)
+            if job is None or not _matches(job, status, model_id):
+                continue
+            page.append(job)
+            if len(page) == limit:
+                return page, _encode_cursor(int(score), job_id)
+    return page, None
+
+
+def _fetch_listed(gateway: Gateway, key: str, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=gateway.redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        gateway.redis.zrem(key, job_id)  # expired or purged: drop it from the index
+        return None
+
+
+def _matches(job: Job, status: str | None, model_id: str | None) -> bool:
+    if status is not None and _public_state(job, job.get_meta(refresh=False)) != status:
+        return False
+    return model_id is None or getattr(parse_request(job.args[0]), "model_id", None) == model_id
+
+
+def _encode_cursor(score_ms: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score_ms}:{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        score, _, job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        if JOB_ID.fullmatch(job_id) and score.isdecimal():
+            return int(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidInput("the cursor is not one a previous page of GET /v1/jobs returned", code="invalid_cursor")
 
 
 def fetch_owned(gateway: Gateway, job_id: str, principal: Principal) -> Job:
@@ -107,8 +201,11 @@ def fail_if_abandoned(gateway: Gateway, job: Job) -> Job:
     return job
 
 
-def public_status(job: Job, base_url: str) -> dict[str, Any]:
-    """The job as the API shows it: status, progress, stage, error and, when finished, the result."""
+def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> dict[str, Any]:
+    """The job as the API shows it: status, progress, stage, error and, when finished, the result.
+
+    With ``signer`` the result's file URLs are signed, so a browser loads them without its key.
+    """
     meta = job.get_meta(refresh=False)
     status = _public_state(job, meta)
     request = parse_request(job.args[0])
@@ -128,6 +225,9 @@ def public_status(job: Job, base_url: str) -> dict[str, Any]:
     }
     if status == "finished":
         body["result"] = _public_result(request, job.return_value(), status_url(base_url, job.id) + "/")
+        if signer:
+            files = body["result"]["files"]
+            body["result"]["files"] = {name: signer.sign(url, job.id, name, meta["owner"]) for name, url in files.items()}
     return body
 
 
@@ -192,6 +292,7 @@ def purge(gateway: Gateway, job: Job) -> None:
         keys.append(job.meta["idempotency"])
     gateway.redis.delete(*keys)
     mark_patient_data_deleted(gateway.redis)
+    gateway.redis.zrem(owner_jobs_key(job.meta["owner"]), job.id)
     Result.delete_all(job)
     job.delete(remove_from_queue=True, delete_dependents=False)
 

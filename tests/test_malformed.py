@@ -65,6 +65,7 @@ def baseline_requests(image: bytes, job_id: str = "0" * 32) -> dict[tuple[str, s
             },
             "files": {"file": image, "annotation": b"[[1, 1, 4, 4]]"},
         },
+        ("get", "/v1/jobs"): {"query": {"limit": "5", "status": "finished", "model_id": MODEL}},
         ("get", "/v1/jobs/{job_id}"): {"path": job},
         ("get", "/v1/jobs/{job_id}/events"): {"path": job},
         ("delete", "/v1/jobs/{job_id}"): {"path": job},

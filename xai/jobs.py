@@ -183,6 +183,11 @@ def idempotency_key(owner: str, key: str) -> str:
     return f"xai:idempotency:{owner}:{key}"
 
 
+def owner_jobs_key(owner: str) -> str:
+    """Sorted set of an API key's job ids, scored by submission time (ms), for GET /v1/jobs."""
+    return f"xai:jobs-of:{owner}"
+
+
 def observed_key(job_id: str) -> str:
     """Set the first time a poll sees the job ended, so its end is counted once in telemetry."""
     return f"xai:observed:{job_id}"

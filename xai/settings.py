@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Scope = Literal["explain", "admin"]
@@ -18,6 +18,9 @@ Scope = Literal["explain", "admin"]
 
 MIN_KEY_CHARS = 16  # a shorter secret can be guessed by trying; generate one: python -c "import secrets; print(secrets.token_urlsafe(32))"
 
+
+# A web origin exactly as a browser sends it: no "*" (images of patients are not for any page), no path.
+Origin = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", max_length=253)]
 
 class ApiKey(BaseModel):
     """One API key. Give ``key_sha256`` (preferred, the hex digest of the key) or the plain ``key``.
@@ -50,6 +53,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Gateway bind address; beyond loopback needs API keys")
     port: int = Field(8000, description="Gateway port")
     api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list of {name, key|key_sha256, scopes}")
+    cors_origins: list[Origin] = Field(default_factory=list, description="Origins (scheme://host[:port]) whose pages may "
+                                    "call the API from a browser, as a JSON list; [] allows none")
+    url_signing_secret: str | None = Field(None, min_length=MIN_KEY_CHARS, description="Signs the short-lived result "
+                                           "file URLs an <img> loads without a key; unset: a random secret kept in "
+                                           "Redis, shared by every gateway on it")
+    signed_url_ttl_s: int = Field(900, ge=10, le=7 * 24 * 3600, description="How long a signed result file URL works")
     device: str = Field("auto", description="Worker torch device: auto, cpu, cuda, cuda:N")
     torch_threads: int = Field(0, ge=0, le=256, description="CPU threads per worker for torch; 0: half the "
                                "machine's cores (at least 1), since several workers share them")
@@ -87,6 +96,10 @@ class Settings(BaseSettings):
                            "/openapi.json (without keys: they describe the API, not its data)")
     redis_maxmemory_mb: int = Field(1024, ge=0, description="Memory limit of the embedded Redis (noeviction: "
                                     "past it Redis refuses writes instead of dropping jobs); 0: no limit")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always", description="When the embedded Redis fsyncs its AOF: 'always' before it answers, so a job the "
+        "gateway accepted survives a kill -9 of Redis or a power cut (about 1 ms per request here); 'everysec' "
+        "may lose the last second")
 
     @property
     def model_store_dir(self) -> Path:

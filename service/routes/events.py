@@ -59,4 +59,4 @@ async def _events(gateway: Gateway, job: Job, base_url: str) -> AsyncIterator[Se
 
 def _current(gateway: Gateway, job: Job, base_url: str) -> dict:
     job.refresh()  # NoSuchJobError once the job is deleted or expired
-    return public_status(fail_if_abandoned(gateway, job), base_url)
+    return public_status(fail_if_abandoned(gateway, job), base_url, gateway.signer)

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+import hashlib
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.deps import Caller, GatewayDep
-from service.jobs import TERMINAL, cancel, fail_if_abandoned, fetch_owned, public_status, purge, read_file
+from service.deps import Caller, FileReader, GatewayDep
+from service.jobs import (
+    TERMINAL,
+    cancel,
+    fail_if_abandoned,
+    fetch_owned,
+    list_owned,
+    public_status,
+    purge,
+    read_file,
+)
 from xai.jobs import observed_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json": "application/json"}
+# A finished job's files never change, so a browser may reuse them; "private": they derive from a patient's
+# image and no shared cache may keep them.
+FILE_CACHE_CONTROL = "private, max-age=3600, immutable"
+
+
+@router.get("")
+def list_jobs(
+    request: Request, gateway: GatewayDep, caller: Caller,
+    status: Annotated[Literal["queued", "started", "finished", "failed", "canceled"] | None,
+                      Query(description="only jobs in this state")] = None,
+    model_id: Annotated[str | None, Query(max_length=64, description="only jobs of this model")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+) -> dict:
+    """The caller's jobs, newest first, each as GET /v1/jobs/{id} shows it; follow next_cursor for more."""
+    page, next_cursor = list_owned(gateway, caller, limit=limit, cursor=cursor, status=status, model_id=model_id)
+    base_url = str(request.base_url)
+    return {"jobs": [public_status(job, base_url, gateway.signer) for job in page], "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}")
 def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> dict:
     job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
-    body = public_status(job, str(request.base_url))
+    body = public_status(job, str(request.base_url), gateway.signer)
     _observe_end(request, gateway, body)
     return body
 
@@ -36,12 +66,17 @@ def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: Calle
 
 
 @router.get("/{job_id}/{name:path}")
-def get_file(job_id: str, name: str, gateway: GatewayDep, caller: Caller) -> Response:
-    """A result file: heatmap.png, overlay.png, heatmap.npy, heatmap_model.npy (or <method>/... for a comparison)."""
+def get_file(job_id: str, name: str, request: Request, gateway: GatewayDep, caller: FileReader) -> Response:
+    """A result file: heatmap.png, overlay.png, heatmap.npy, heatmap_model.npy (or <method>/... for a comparison).
+    Read with the owner's key, or with no key through the signed URL the job's result.files lists."""
     job = fetch_owned(gateway, job_id, caller)
     blob = read_file(gateway, job, name)
+    etag = '"' + hashlib.sha256(blob).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": FILE_CACHE_CONTROL}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
     suffix = name[name.rfind(".") :] if "." in name else ""
-    headers = {"Content-Disposition": f'inline; filename="{name.replace("/", "_")}"'}
+    headers["Content-Disposition"] = f'inline; filename="{name.replace("/", "_")}"'
     return Response(blob, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"), headers=headers)
 
 
