@@ -136,7 +136,9 @@ def test_explanation_end_to_end(client, settings, method):
     assert heatmap.shape == (56, 56) and np.isfinite(heatmap).all() and heatmap.max() > heatmap.min()
     overlay = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job_id}/overlay.png").content))
     assert overlay.size == (56, 56)
-    assert set(job["result"]["files"]) == {"heatmap.npy", "heatmap_model.npy", "heatmap.png", "overlay.png"}
+    assert set(job["result"]["files"]) == {"heatmap.npy", "heatmap_model.npy", "heatmap.png", "overlay.png", "input.png"}
+    shown = np.asarray(Image.open(io.BytesIO(client.get(f"/v1/jobs/{job_id}/input.png").content)))
+    assert shown.shape == (56, 56) and shown.std() > 10  # the upload's display copy, not a blank
     model_size = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/heatmap_model.npy").content))
     assert model_size.shape == (28, 28)
 

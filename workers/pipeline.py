@@ -200,8 +200,9 @@ def _render_all(
 
 
 def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:
-    """The files of one job: per method the raw heatmap, its PNG, the overlay and any extra images."""
-    files = {}
+    """The files of one job: the input's display copy (so a viewer can blend the heatmap itself), and
+    per method the raw heatmap, its PNG, the overlay and any extra images."""
+    files = {"input.png": render.png_bytes(member.display)}
     for method, result in results.items():
         prefix = "" if len(results) == 1 else f"{method}/"
         heatmap = result.heatmap.float().numpy()
