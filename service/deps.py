@@ -46,6 +46,7 @@ class Principal:
 
     name: str
     scopes: tuple[str, ...]
+    callback_secret: str | None = None
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -67,7 +68,7 @@ def authenticate(request: Request, gateway: GatewayDep) -> Principal:
     digest = hashlib.sha256(token.strip().encode()).hexdigest()
     for key in keys:
         if hmac.compare_digest(digest, key.digest()):
-            return Principal(key.name, tuple(key.scopes))
+            return Principal(key.name, tuple(key.scopes), key.callback_secret)
     raise Unauthorized("the API key is not valid", code="invalid_api_key")
 
 

@@ -25,9 +25,11 @@ from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
 from service.signing import UrlSigner
+from xai.callbacks import CallbackDelivery
 from xai.errors import ErrorCode, InvalidInput, NotFound
 from xai.imaging.resize import resize
 from xai.jobs import (
+    CALLBACK_OUTBOX,
     DERIVED_HEATMAPS,
     RAW_HEATMAP,
     ExplainJob,
@@ -81,9 +83,12 @@ def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str
 
 def enqueue(
     gateway: Gateway, queue_name: str, entry: str, request: BaseModel, *, owner: str,
-    inputs: dict[str, bytes] | None = None, idempotency: str | None = None,
+    inputs: dict[str, bytes] | None = None, idempotency: str | None = None, callback: CallbackDelivery | None = None,
 ) -> Job:
-    """Store the inputs (if any) with a TTL, then enqueue ``entry`` by dotted path with the typed request."""
+    """Store the inputs (if any) with a TTL, then enqueue ``entry`` by dotted path with the typed request.
+
+    With ``callback`` the job is put in the callback outbox, which the gateways' couriers deliver from.
+    """
     settings = gateway.settings
     if inputs:
         with gateway.redis.pipeline(transaction=False) as pipe:
@@ -93,6 +98,8 @@ def enqueue(
     meta = {"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0}
     if idempotency:
         meta["idempotency"] = idempotency_key(owner, idempotency)
+    if callback:
+        meta["callback"] = callback.model_dump()
     job = gateway.queues[queue_name].enqueue(
         entry,
         request.model_dump(mode="json"),
@@ -107,6 +114,8 @@ def enqueue(
         retry=Retry(max=WORKER_LOST_RETRIES),
     )
     _index_by_owner(gateway, owner, job.id)
+    if callback:
+        gateway.redis.zadd(CALLBACK_OUTBOX, {job.id: time.time()})
     return job
 
 
@@ -223,6 +232,8 @@ def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> d
         "request": request.model_dump(include={"model_id", "model_version", "methods", "target", "method"}),
         "result": None,
     }
+    if meta.get("callback"):
+        body["callback"] = CallbackDelivery.model_validate(meta["callback"]).public()
     if status == "finished":
         body["result"] = _public_result(request, job.return_value(), status_url(base_url, job.id) + "/")
         if signer:
@@ -293,6 +304,7 @@ def purge(gateway: Gateway, job: Job) -> None:
     gateway.redis.delete(*keys)
     mark_patient_data_deleted(gateway.redis)
     gateway.redis.zrem(owner_jobs_key(job.meta["owner"]), job.id)
+    gateway.redis.zrem(CALLBACK_OUTBOX, job.id)
     Result.delete_all(job)
     job.delete(remove_from_queue=True, delete_dependents=False)
 

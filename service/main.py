@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.callbacks import CallbackCourier
 from service.deps import Gateway
 from service.routes import events, explanations, jobs, methods, models, system
 from service.telemetry import Telemetry
@@ -51,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway = Gateway.open(settings)
         app.state.gateway = gateway
         app.state.telemetry = Telemetry(gateway.queues)
+        courier = CallbackCourier(gateway).start()
         yield
+        courier.stop()
         gateway.redis.close()
 
     app = FastAPI(

@@ -46,6 +46,8 @@ _CODES: tuple[tuple[str, int, str, str], ...] = (
     ("not_found", 404, "request", "no such route"),
     ("http_error", 400, "request", "the HTTP request is malformed"),
     ("invalid_cursor", 422, "request", "the job list cursor is not one a previous page returned"),
+    ("invalid_callback_url", 422, "request", "callback_url must be an absolute http or https URL without credentials"),
+    ("callback_not_allowed", 422, "request", "callbacks go only to hosts in XAI_CALLBACK_HOSTS, for API keys with a callback_secret"),
     ("empty_file", 422, "upload", "the uploaded file is empty"),
     ("corrupt_image", 422, "upload", "the upload is truncated or corrupt"),
     ("unsupported_format", 415, "upload", "not PNG, JPEG, TIFF or DICOM (sniffed from the bytes, never the file name)"),

@@ -183,6 +183,9 @@ def idempotency_key(owner: str, key: str) -> str:
     return f"xai:idempotency:{owner}:{key}"
 
 
+CALLBACK_OUTBOX = "xai:callbacks:due"  # sorted set: job id -> when its callback is next looked at (unix s)
+
+
 def owner_jobs_key(owner: str) -> str:
     """Sorted set of an API key's job ids, scored by submission time (ms), for GET /v1/jobs."""
     return f"xai:jobs-of:{owner}"

@@ -19,6 +19,9 @@ Scope = Literal["explain", "admin"]
 MIN_KEY_CHARS = 16  # a shorter secret can be guessed by trying; generate one: python -c "import secrets; print(secrets.token_urlsafe(32))"
 
 
+# A host a callback may be sent to, as it appears in a URL (no port: any port of an allowed host).
+CallbackHost = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:.]+\]$", max_length=253,
+                                                to_lower=True)]
 # A web origin exactly as a browser sends it: no "*" (images of patients are not for any page), no path.
 Origin = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", max_length=253)]
 
@@ -33,6 +36,8 @@ class ApiKey(BaseModel):
     key: str | None = Field(None, min_length=MIN_KEY_CHARS)
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     scopes: list[Scope] = Field(["explain"], min_length=1)
+    callback_secret: str | None = Field(None, min_length=MIN_KEY_CHARS, description="Signs the callbacks of this "
+                                        "key's jobs (HMAC-SHA256); a key without one cannot ask for callbacks")
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -59,6 +64,12 @@ class Settings(BaseSettings):
                                            "file URLs an <img> loads without a key; unset: a random secret kept in "
                                            "Redis, shared by every gateway on it")
     signed_url_ttl_s: int = Field(900, ge=10, le=7 * 24 * 3600, description="How long a signed result file URL works")
+    callback_hosts: list[CallbackHost] = Field(default_factory=list, description="Hosts a job's callback_url may "
+                                               "name, as a JSON list; [] allows no callbacks")
+    callback_attempts: int = Field(8, ge=1, le=20, description="Deliveries tried before a callback is given up")
+    callback_backoff_s: float = Field(2.0, gt=0, le=600, description="Wait before the second delivery; doubled "
+                                      "after each failure, at most 300 s")
+    callback_timeout_s: float = Field(10.0, gt=0, le=120, description="How long one delivery waits for an answer")
     device: str = Field("auto", description="Worker torch device: auto, cpu, cuda, cuda:N")
     torch_threads: int = Field(0, ge=0, le=256, description="CPU threads per worker for torch; 0: half the "
                                "machine's cores (at least 1), since several workers share them")

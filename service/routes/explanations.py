@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from models.manifest import ModelManifest
 from service.admission import admit
+from service.callbacks import callback_request
 from service.deps import ExplainCaller, GatewayDep
 from service.ingest import ingest_upload, job_inputs, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id, status_url
@@ -45,9 +46,12 @@ async def create_explanation(
         _DEFAULTS["patch_mode"].default,
     patch_overlap: Annotated[float, Form(ge=0.0, le=0.9, description="Tile overlap, a fraction of the tile")] =
         _DEFAULTS["patch_overlap"].default,
+    callback_url: Annotated[str | None, Form(max_length=2000, description="Where to POST the job's final status, "
+                                             "signed (a host in XAI_CALLBACK_HOSTS)")] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     settings = gateway.settings
+    callback = callback_request(callback_url, caller, settings, str(request.base_url))
     manifest = gateway.store.get(model_id, model_version)
     methods = _methods(method, manifest)
     queue = max((get_method(m).queue for m in methods), key=QUEUE_ORDER.index)
@@ -81,7 +85,8 @@ async def create_explanation(
         job_inputs, job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
         keep_native=patch_mode, annotation=mask,
     )
-    enqueue(gateway, queue, EXPLAIN_ENTRY, job, owner=caller.name, inputs=inputs, idempotency=idempotency_key)
+    enqueue(gateway, queue, EXPLAIN_ENTRY, job, owner=caller.name, inputs=inputs, idempotency=idempotency_key,
+            callback=callback)
     for name in methods:
         request.app.state.telemetry.submitted.labels("explanation", name).inc()
     return _accepted(request, job_id)
