@@ -10,7 +10,6 @@ abandoned-job cleanup) is what is delivered, once it is there.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
 from service.jobs import TERMINAL, fail_if_abandoned, public_status
+from service.schemas import JobStatus
 from xai.callbacks import SIGNATURE_HEADER, CallbackDelivery, signature
 from xai.errors import InvalidInput
 from xai.jobs import CALLBACK_OUTBOX
@@ -113,7 +113,7 @@ class CallbackCourier:
             return
         delivery = CallbackDelivery.model_validate(job.meta["callback"])
         status = public_status(job, delivery.status_base_url, self.gateway.signer)
-        if status["status"] not in TERMINAL:
+        if status.status not in TERMINAL:
             redis.zadd(CALLBACK_OUTBOX, {job_id: time.time() + POLL_S})
             return
         self._attempt(job, delivery, status)
@@ -128,14 +128,14 @@ class CallbackCourier:
         else:
             redis.zrem(CALLBACK_OUTBOX, job_id)
 
-    def _attempt(self, job: Job, delivery: CallbackDelivery, status: dict) -> None:
+    def _attempt(self, job: Job, delivery: CallbackDelivery, status: JobStatus) -> None:
         """POST once and record the outcome in ``delivery`` (pending again, delivered or failed)."""
         secret = self._secret_of(job.meta["owner"])
         delivery.attempts += 1
         if secret is None:
             delivery.state, delivery.last_error = "failed", "the job's API key no longer has a callback_secret"
             return
-        body = json.dumps(status, separators=(",", ":")).encode()
+        body = status.model_dump_json(exclude_unset=True).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, int(time.time()), body)}
         host = urlsplit(delivery.url).hostname
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -56,16 +57,19 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def authenticate(request: Request, gateway: GatewayDep) -> Principal:
+# Declares the Bearer scheme in the OpenAPI document; errors are ours (auto_error would answer FastAPI's own 403).
+BEARER = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API key from XAI_API_KEYS (none needed when none are set)")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def authenticate(gateway: GatewayDep, credentials: Credentials) -> Principal:
     """Bearer API key -> Principal. With no keys configured (loopback only) every caller is 'local'."""
     keys = gateway.settings.api_keys
     if not keys:
         return Principal("local", ALL_SCOPES)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if credentials is None or not credentials.credentials.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
-    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    digest = hashlib.sha256(credentials.credentials.strip().encode()).hexdigest()
     for key in keys:
         if hmac.compare_digest(digest, key.digest()):
             return Principal(key.name, tuple(key.scopes), key.callback_secret)
@@ -73,14 +77,14 @@ def authenticate(request: Request, gateway: GatewayDep) -> Principal:
 
 
 def read_file_as(
-    request: Request, gateway: GatewayDep, job_id: str, name: str,
+    gateway: GatewayDep, credentials: Credentials, job_id: str, name: str,
     expires: Annotated[str | None, Query(description="expiry of a signed URL (from result.files)")] = None,
     by: Annotated[str | None, Query(description="owner named by a signed URL")] = None,
     sig: Annotated[str | None, Query(description="signature of a signed URL")] = None,
 ) -> Principal:
     """A result file's reader: the owner a valid signed URL names (an <img> sends no header), else the key."""
     if sig is None:
-        return authenticate(request, gateway)
+        return authenticate(gateway, credentials)
     gateway.signer.verify(job_id, name, by or "", expires or "", sig)
     return Principal(by, ())
 

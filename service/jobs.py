@@ -24,6 +24,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from service.deps import Gateway, Principal
+from service import schemas  # its JobStatus is the API's; rq's JobStatus is the queue's
 from service.signing import UrlSigner
 from xai.callbacks import CallbackDelivery
 from xai.errors import ErrorCode, InvalidInput, NotFound
@@ -210,10 +211,12 @@ def fail_if_abandoned(gateway: Gateway, job: Job) -> Job:
     return job
 
 
-def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> dict[str, Any]:
+def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> schemas.JobStatus:
     """The job as the API shows it: status, progress, stage, error and, when finished, the result.
 
-    With ``signer`` the result's file URLs are signed, so a browser loads them without its key.
+    With ``signer`` the result's file URLs are signed, so a browser loads them without its key. Fields a
+    job has no value for (a callback it never asked for, a metric block its method has not) are left
+    unset, and the API leaves unset fields out.
     """
     meta = job.get_meta(refresh=False)
     status = _public_state(job, meta)
@@ -239,7 +242,7 @@ def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> d
         if signer:
             files = body["result"]["files"]
             body["result"]["files"] = {name: signer.sign(url, job.id, name, meta["owner"]) for name, url in files.items()}
-    return body
+    return schemas.JobStatus.model_validate(body)
 
 
 def _public_result(request: Any, value: dict[str, Any] | None, files_url: str) -> dict[str, Any]:

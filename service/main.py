@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.callbacks import CallbackCourier
 from service.deps import Gateway
+from service.openapi import openapi_of
 from service.routes import events, explanations, jobs, methods, models, system
 from service.telemetry import Telemetry
 from xai.errors import ErrorCode, Overloaded, ServiceError
@@ -66,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.api_docs else None,
         redoc_url="/redoc" if settings.api_docs else None,
         openapi_url="/openapi.json" if settings.api_docs else None,
+        # Operation ids are the route functions' names (get_job, create_explanation): stable, and what a
+        # generated client's methods are called.
+        generate_unique_id_function=lambda route: route.name,
     )
+    app.openapi = lambda: openapi_of(app)
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -21,6 +21,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.deps import Caller, Gateway, GatewayDep
 from service.jobs import TERMINAL, fail_if_abandoned, fetch_owned, public_status
+from service.schemas import JobStatus, error_responses
 from xai.errors import ErrorCode
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,7 +31,10 @@ PING_S = 15
 PROGRESS_FIELDS = ("status", "progress", "stage", "note")
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse)
+@router.get("/{job_id}/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "progress events, then one status event (a JobStatus)"}}
+            | error_responses(401, 404, 422, 500, 503))
 def job_events(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> EventSourceResponse:
     """``progress`` events (status, progress, stage, note) on every change, then one ``status`` event with
     the job's full status (as GET /v1/jobs/{id} answers it), then the stream closes. A job deleted while
@@ -47,16 +51,16 @@ async def _events(gateway: Gateway, job: Job, base_url: str) -> AsyncIterator[Se
         except NoSuchJobError:
             yield ServerSentEvent(json.dumps({"error": ErrorCode.UNKNOWN_JOB.body()}), event="error")
             return
-        progress = {"job_id": job.id} | {name: body[name] for name in PROGRESS_FIELDS}
+        progress = {"job_id": job.id} | body.model_dump(mode="json", include=set(PROGRESS_FIELDS))
         if progress != last:
             yield ServerSentEvent(json.dumps(progress), event="progress")
             last = progress
-        if body["status"] in TERMINAL:
-            yield ServerSentEvent(json.dumps(body), event="status")
+        if body.status in TERMINAL:
+            yield ServerSentEvent(body.model_dump_json(exclude_unset=True), event="status")
             return
         await asyncio.sleep(POLL_S)
 
 
-def _current(gateway: Gateway, job: Job, base_url: str) -> dict:
+def _current(gateway: Gateway, job: Job, base_url: str) -> JobStatus:
     job.refresh()  # NoSuchJobError once the job is deleted or expired
     return public_status(fail_if_abandoned(gateway, job), base_url, gateway.signer)

@@ -13,6 +13,7 @@ from models.manifest import ModelManifest
 from service.admission import admit
 from service.callbacks import callback_request
 from service.deps import ExplainCaller, GatewayDep
+from service.schemas import Accepted, error_responses
 from service.ingest import ingest_upload, job_inputs, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id, status_url
 from xai import jsontext
@@ -27,7 +28,8 @@ QUEUE_ORDER = ("fast", "slow")  # a request runs on the slowest queue any of its
 _DEFAULTS = ExplainJob.model_fields  # the form's defaults are the contract's
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, response_model=Accepted,
+             responses=error_responses(401, 403, 404, 409, 413, 415, 422, 429, 500, 503))
 async def create_explanation(
     request: Request,
     gateway: GatewayDep,

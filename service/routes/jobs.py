@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import Caller, FileReader, GatewayDep
+from service.schemas import JobList, JobStatus, error_responses
 from service.jobs import (
     TERMINAL,
     cancel,
@@ -29,7 +30,8 @@ MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json":
 FILE_CACHE_CONTROL = "private, max-age=3600, immutable"
 
 
-@router.get("")
+@router.get("", response_model=JobList, response_model_exclude_unset=True,
+            responses=error_responses(401, 422, 500, 503))
 def list_jobs(
     request: Request, gateway: GatewayDep, caller: Caller,
     status: Annotated[Literal["queued", "started", "finished", "failed", "canceled"] | None,
@@ -37,35 +39,46 @@ def list_jobs(
     model_id: Annotated[str | None, Query(max_length=64, description="only jobs of this model")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="jobs per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
-) -> dict:
+) -> JobList:
     """The caller's jobs, newest first, each as GET /v1/jobs/{id} shows it; follow next_cursor for more."""
     page, next_cursor = list_owned(gateway, caller, limit=limit, cursor=cursor, status=status, model_id=model_id)
     base_url = str(request.base_url)
-    return {"jobs": [public_status(job, base_url, gateway.signer) for job in page], "next_cursor": next_cursor}
+    return JobList(jobs=[public_status(job, base_url, gateway.signer) for job in page], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> dict:
+@router.get("/{job_id}", response_model=JobStatus, response_model_exclude_unset=True,
+            responses=error_responses(401, 404, 422, 500, 503))
+def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> JobStatus:
+    """A job's status, progress and stage; when finished its metrics, timing and signed file URLs."""
     job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
     body = public_status(job, str(request.base_url), gateway.signer)
     _observe_end(request, gateway, body)
     return body
 
 
-@router.delete("/{job_id}", status_code=202)
+@router.delete("/{job_id}", status_code=202, response_model=JobStatus, response_model_exclude_unset=True,
+               responses={204: {"description": "The ended job was erased"}}
+               | error_responses(401, 404, 422, 500, 503))
 def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> Response:
     """An ended job is erased at once (204; then 404); a queued one is canceled at once and a running
     one at its next progress report (202 with its status: delete it again once it has ended)."""
     job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
-    status = public_status(job, str(request.base_url))
-    if status["status"] in TERMINAL:
+    if public_status(job, str(request.base_url)).status in TERMINAL:
         purge(gateway, job)
         return Response(status_code=204)
     cancel(gateway, job)
-    return JSONResponse(public_status(job, str(request.base_url)), status_code=202)
+    body = public_status(job, str(request.base_url)).model_dump(mode="json", exclude_unset=True)
+    return JSONResponse(body, status_code=202)
 
 
-@router.get("/{job_id}/{name:path}")
+FILE_CONTENT = {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/{job_id}/{name:path}", response_class=Response,
+            responses={200: {"content": FILE_CONTENT, "description": "The file (PNG or NumPy .npy)"},
+                       304: {"description": "Not modified (If-None-Match matched its ETag)"}}
+            | error_responses(401, 403, 404, 422, 500, 503))
 def get_file(job_id: str, name: str, request: Request, gateway: GatewayDep, caller: FileReader) -> Response:
     """A result file: heatmap.png, overlay.png, heatmap.npy, heatmap_model.npy (or <method>/... for a comparison).
     Read with the owner's key, or with no key through the signed URL the job's result.files lists."""
@@ -80,18 +93,19 @@ def get_file(job_id: str, name: str, request: Request, gateway: GatewayDep, call
     return Response(blob, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"), headers=headers)
 
 
-def _observe_end(request: Request, gateway: GatewayDep, body: dict) -> None:
+def _observe_end(request: Request, gateway: GatewayDep, body: JobStatus) -> None:
     """Count each job's end once (the first time any poll sees it), with its latency when it finished."""
-    if body["status"] not in TERMINAL:
+    if body.status not in TERMINAL:
         return
-    if not gateway.redis.set(observed_key(body["job_id"]), 1, nx=True, ex=gateway.settings.result_ttl_s):
+    if not gateway.redis.set(observed_key(body.job_id), 1, nx=True, ex=gateway.settings.result_ttl_s):
         return
     telemetry = request.app.state.telemetry
-    methods = body["request"].get("methods") or [body["kind"]]
+    methods = body.request.methods or [body.kind]
     for method in methods:
-        telemetry.outcomes.labels(method, body["status"]).inc()
-    timing = (body["result"] or {}).get("timing")
-    if body["status"] == "finished" and timing:
-        seconds = sum(timing[k] for k in ("queue_ms", "load_ms", "explain_ms", "score_ms", "render_ms", "store_ms"))
+        telemetry.outcomes.labels(method, body.status).inc()
+    timing = body.result.timing if body.result else None
+    if body.status == "finished" and timing:
+        seconds = (timing.queue_ms + timing.load_ms + timing.explain_ms + timing.score_ms + timing.render_ms
+                   + timing.store_ms)
         for method in methods:
             telemetry.latency.labels(method).observe(seconds / 1000)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import ValidationError
 
 from models.manifest import ModelManifest
 from service.admission import admit
 from service.deps import AdminCaller, ExplainCaller, GatewayDep
 from service.jobs import enqueue, new_job_id, status_url
+from service.schemas import Accepted, ModelInfo, ModelList, RegisteredModel, TrainingRequest, error_responses
 from xai import jsontext
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY, TrainJob, ValidateJob
@@ -22,31 +23,32 @@ from xai.methods import get_trainable
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def describe(manifest: ModelManifest, versions: list[int]) -> dict[str, Any]:
-    public = manifest.model_dump(exclude={"weights_file"})
-    return public | {"versions": versions, "methods": manifest.available_methods()}
+def describe(manifest: ModelManifest, versions: list[int]) -> ModelInfo:
+    return ModelInfo(**dict(manifest), versions=versions, methods=manifest.available_methods())
 
 
-@router.get("")
-def list_models(gateway: GatewayDep, _: ExplainCaller) -> dict:
+@router.get("", responses=error_responses(401, 403, 500))
+def list_models(gateway: GatewayDep, _: ExplainCaller) -> ModelList:
+    """Registered models, each at its latest version, with the methods available for it now."""
     store = gateway.store
-    return {"models": [describe(m, store.versions(m.id)) for m in store.list_models()]}
+    return ModelList(models=[describe(m, store.versions(m.id)) for m in store.list_models()])
 
 
-@router.get("/{model_id}")
-def get_model(model_id: str, gateway: GatewayDep, _: ExplainCaller, version: int | None = None) -> dict:
+@router.get("/{model_id}", responses=error_responses(401, 403, 404, 422, 500))
+def get_model(model_id: str, gateway: GatewayDep, _: ExplainCaller, version: int | None = None) -> ModelInfo:
+    """One model, at ``version`` or its latest."""
     manifest = gateway.store.get(model_id, version)
     return describe(manifest, gateway.store.versions(model_id))
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(401, 403, 413, 422, 429, 500, 503))
 def register_model(
     request: Request,
     gateway: GatewayDep,
     caller: AdminCaller,
     manifest: Annotated[str, Form(description="The model manifest as JSON (see README)")],
     weights: Annotated[UploadFile, File(description="A state_dict (.pt) or a TorchScript file")],
-) -> dict:
+) -> RegisteredModel:
     """Register a new version of a classifier; a worker then builds and runs it once to mark it ready."""
     admit(gateway, caller, "fast")
     parsed = _parse_manifest(manifest)
@@ -57,8 +59,9 @@ def register_model(
     validation = ValidateJob(job_id=new_job_id(), submitted_at=time.time(), model_id=stored.id,
                              model_version=stored.version)
     job = enqueue(gateway, "fast", VALIDATE_ENTRY, validation, owner=caller.name)
-    body = describe(stored, gateway.store.versions(stored.id))
-    return body | {"validation_job": {"job_id": job.id, "status_url": status_url(str(request.base_url), job.id)}}
+    info = describe(stored, gateway.store.versions(stored.id))
+    accepted = Accepted(job_id=job.id, status_url=status_url(str(request.base_url), job.id))
+    return RegisteredModel(**dict(info), validation_job=accepted)
 
 
 def _parse_manifest(text: str) -> ModelManifest:
@@ -88,33 +91,27 @@ def _save_upload(upload: UploadFile, path: Path, limit: int) -> None:
         raise InvalidInput("the weights file is empty", code="empty_file")
 
 
-@router.post("/{model_id}/train/{method}", status_code=202)
+@router.post("/{model_id}/train/{method}", status_code=202,
+             responses=error_responses(401, 403, 404, 409, 422, 429, 500, 503))
 def train_artifacts(
-    model_id: str,
-    method: str,
-    request: Request,
-    gateway: GatewayDep,
-    caller: AdminCaller,
-    body: Annotated[dict[str, Any], Body(examples=[{"data": "busi/images", "params": {"epochs": 5}}])],
-) -> dict:
+    model_id: str, method: str, request: Request, gateway: GatewayDep, caller: AdminCaller, body: TrainingRequest,
+) -> Accepted:
     """Train a method's per-model artifacts (e.g. SyCE generators) on a folder under the training data root."""
     spec = get_trainable(method)
     admit(gateway, caller, "train")
-    manifest = gateway.store.get(model_id, body.get("version"))
+    manifest = gateway.store.get(model_id, body.version)
     if manifest.status != "ready":
         raise Conflict(f"model {manifest.key} is {manifest.status}, not ready", code="model_not_ready")
-    params = spec.resolve_params(body.get("params") or {})
-    data = _training_folder(gateway.settings.training_root, body.get("data"))
+    params = spec.resolve_params(body.params)
+    data = _training_folder(gateway.settings.training_root, body.data)
     training = TrainJob(job_id=new_job_id(), submitted_at=time.time(), method=method, model_id=manifest.id,
                         model_version=manifest.version, data=str(data), params=params,
-                        target_class=body.get("target_class"))
+                        target_class=body.target_class)
     job = enqueue(gateway, "train", TRAIN_ENTRY, training, owner=caller.name)
-    return {"job_id": job.id, "status_url": status_url(str(request.base_url), job.id)}
+    return Accepted(job_id=job.id, status_url=status_url(str(request.base_url), job.id))
 
 
-def _training_folder(root: Path, relative: Any) -> Path:
-    if not isinstance(relative, str) or not relative:
-        raise InvalidInput(f"give 'data': a folder relative to the training data root {root}", code="invalid_request")
+def _training_folder(root: Path, relative: str) -> Path:
     folder = (root / relative).resolve()
     if not folder.is_relative_to(root.resolve()) or not folder.is_dir():
         raise InvalidInput(f"'data' must name an existing folder under the training data root {root}",

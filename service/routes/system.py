@@ -12,17 +12,19 @@ from rq import Queue
 from rq.worker import Worker
 
 from service.deps import GatewayDep
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+def healthz() -> Health:
     """The gateway process is up."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Redis unreachable, or waiting jobs with no worker"}})
 def readyz(gateway: GatewayDep) -> JSONResponse:
     """Ready when Redis answers and every queue holding jobs has at least one live worker."""
     try:

@@ -52,6 +52,19 @@ class Param:
     def _invalid(self, requirement: str) -> InvalidInput:
         return InvalidInput(f"parameter {self.name!r} {requirement}", code="invalid_params")
 
+    def json_schema(self) -> dict[str, Any]:
+        """The parameter as JSON Schema (draft 2020-12), as ``validate`` checks it."""
+        kind = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}[self.type]
+        schema: dict[str, Any] = {"type": [kind, "null"] if self.default is None else kind,
+                                  "default": self.default, "description": self.description}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.choices:
+            schema["enum"] = list(self.choices)
+        return schema
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
         out["description"] = self.description
@@ -98,6 +111,8 @@ class MethodSpec:
             "needs_artifacts": self.needs_artifacts,
             "needs_target_layer": self.needs_target_layer,
             "params": [p.describe() for p in self.params],
+            "params_schema": {"type": "object", "additionalProperties": False,
+                              "properties": {p.name: p.json_schema() for p in self.params}},
             "references": list(self.references),
         }
 
