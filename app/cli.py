@@ -5,6 +5,8 @@
     xai worker --queues fast,slow [--device cuda:0]
     xai register FOLDER                       register a model folder (manifest.json + weights)
     xai train classifier|demo|syce|cyce|gad   see `xai train --help`
+    xai explain FILE|FOLDER... --model ID --method M[,M2] [--params JSON] [--server URL] [--key-file F] [--out DIR]
+    xai jobs | models | methods [--json]      list, from a running service
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("folder", type=Path)
     register.set_defaults(run=_register)
 
+    from app.client_cli import add_client_commands
     from app.training_cli import add_train_commands
 
     add_train_commands(commands)
+    add_client_commands(commands)
     return parser
 
 
