@@ -101,7 +101,7 @@ class ModelStore:
             try:
                 shutil.copyfile(weights, staging / manifest.weights_file)
                 if artifacts_dir is not None:
-                    shutil.copytree(artifacts_dir, staging / "artifacts")
+                    _copy_tree(artifacts_dir, staging / "artifacts")
                 stored = manifest.model_copy(
                     update={"version": version, "weights_sha256": sha256_of(staging / manifest.weights_file)}
                 )
@@ -161,3 +161,16 @@ class ModelStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a folder as new files and folders, which take this process's umask (0600/0700 under ``xai serve``).
+
+    ``shutil.copytree`` would give them the source's modes instead: a demo model's world-readable files.
+    """
+    target.mkdir()
+    for path in sorted(source.rglob("*")):  # sorted: a folder comes before what it holds
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir()
+        else:
+            shutil.copyfile(path, destination)

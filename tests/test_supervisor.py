@@ -21,7 +21,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import OutOfMemoryError
 
-from app.embedded import EmbeddedRedis
+from app.embedded import PRIVATE_UMASK, EmbeddedRedis, make_private_folder
 from app.supervisor import Child, Policy, Supervisor
 from tests.conftest import DEMO_DIR, REPO
 
@@ -129,6 +129,20 @@ def assert_private(folder: Path) -> None:
             assert mode == 0o700, path
         elif path.is_file():
             assert mode == 0o600, path
+
+
+def test_the_model_store_keeps_registered_models_private_whatever_the_source_modes(tmp_path):
+    from models.store import ModelStore
+
+    assert stat.S_IMODE((DEMO_DIR / "nih-cardiomegaly" / "manifest.json").stat().st_mode) & 0o044  # readable
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        store_dir = make_private_folder(tmp_path / "models")
+        manifest = ModelStore(store_dir).register_directory(DEMO_DIR / "nih-cardiomegaly")
+    finally:
+        os.umask(previous)
+    assert manifest.artifacts and any((store_dir / "nih-cardiomegaly").rglob("artifacts/*/*"))
+    assert_private(store_dir)
 
 
 def test_the_embedded_redis_narrows_its_folder_and_writes_its_files_0600(tmp_path):
