@@ -27,7 +27,7 @@ from service.deps import Gateway, Principal
 from service import schemas  # its JobStatus is the API's; rq's JobStatus is the queue's
 from service.signing import UrlSigner
 from xai.callbacks import CallbackDelivery
-from xai.errors import ErrorCode, InvalidInput, NotFound
+from xai.errors import ErrorCode, InvalidInput, NotFound, Overloaded
 from xai.imaging.resize import resize
 from xai.jobs import (
     CALLBACK_OUTBOX,
@@ -49,7 +49,8 @@ from xai.wire import decode_heatmap, npy_bytes
 
 TERMINAL = ("finished", "failed", "canceled")
 WORKER_LOST_RETRIES = 1
-STALE_CLAIM_S = 30  # longer than any request holds an idempotency claim before its job is enqueued
+STALE_CLAIM_S = 15  # longer than any request holds an idempotency claim before its job is enqueued
+CLAIM_RETRY_AFTER_S = 1
 
 
 def new_job_id() -> str:
@@ -64,9 +65,10 @@ def status_url(base_url: str, job_id: str) -> str:
 def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str) -> str | None:
     """Reserve ``key`` for ``job_id``; returns the job id already holding it, if any.
 
-    A claim whose job never reached the queue (Redis or the gateway died between the claim and the
-    enqueue) would answer every retry with a job that does not exist: once it is older than any
-    request takes, the retry takes it over and is enqueued.
+    A claim whose job is not in the queue yet belongs to a request still being accepted, or to one
+    that died between the claim and the enqueue (Redis or the gateway killed): a retry meanwhile is
+    told to come back (409 ``request_in_progress``), never given a job id that may never exist, and
+    once the claim is older than any request takes, the retry takes it over and is enqueued.
     """
     if not key:
         return None
@@ -76,8 +78,11 @@ def claim_idempotency(gateway: Gateway, owner: str, key: str | None, job_id: str
         return None
     existing = (gateway.redis.get(redis_key) or b"").decode()
     claimed_s_ago = ttl - gateway.redis.ttl(redis_key)
-    if existing and (Job.exists(existing, connection=gateway.redis) or claimed_s_ago < STALE_CLAIM_S):
+    if existing and Job.exists(existing, connection=gateway.redis):
         return existing
+    if claimed_s_ago < STALE_CLAIM_S:
+        raise Overloaded("a request with this Idempotency-Key is still being accepted; send it again in a moment",
+                         code="request_in_progress", retry_after_s=CLAIM_RETRY_AFTER_S)
     gateway.redis.set(redis_key, job_id, ex=ttl)
     return None
 

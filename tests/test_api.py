@@ -241,6 +241,10 @@ def test_an_idempotency_claim_whose_job_never_reached_the_queue_is_taken_over_by
 
     redis = Redis.from_url(settings.redis_url)
     key = idempotency_key("local", "lost-in-between")
+    redis.set(key, "f" * 32, ex=settings.result_ttl_s - 1)  # claimed a moment ago, not enqueued (yet)
+    pending = submit(client, png(mnist_digit(3)), headers={"Idempotency-Key": "lost-in-between"})
+    assert pending.status_code == 409 and pending.json()["error"]["code"] == "request_in_progress"
+    assert pending.headers["Retry-After"] == "1"
     redis.set(key, "f" * 32, ex=settings.result_ttl_s - STALE_CLAIM_S - 1)  # claimed long ago, never enqueued
     retried = submit(client, png(mnist_digit(3)), headers={"Idempotency-Key": "lost-in-between"}).json()["job_id"]
     assert retried != "f" * 32 and client.get(f"/v1/jobs/{retried}").status_code == 200

@@ -28,3 +28,49 @@ def test_queued_job_survives_a_redis_restart(tmp_path):
             assert client.get(f"/v1/jobs/{job_id}/heatmap.npy").status_code == 200
     finally:
         redis.stop()
+
+
+def test_a_gateway_killed_while_clients_submit_loses_and_duplicates_nothing(tmp_path):
+    """kill -9 of the gateway with jobs being submitted: clients retry with their Idempotency-Key against the
+    restarted gateway, and every job ends finished, once, under the one id its key was given."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from redis import Redis
+
+    from tests.test_soak import Service, _computed_more_than_once, _wait_for_ends, _wait_until_ready, \
+        submit_until_accepted
+
+    jobs, clients = 40, 8
+    service = Service(tmp_path)
+    images = [png(mnist_digit(3 if i % 2 else 8, i)) for i in range(clients)]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{service.port}", timeout=30) as client:
+            _wait_until_ready(client)
+            redis = Redis.from_url(service.redis.url)
+            killer = threading.Thread(target=lambda: (_wait_for_keys(redis, 10), service.restart_gateway()))
+            killer.start()
+            deadline = time.monotonic() + 180
+            with ThreadPoolExecutor(clients) as pool:
+                job_ids = list(pool.map(lambda n: submit_until_accepted(client, n, images[n % clients], deadline),
+                                        range(jobs)))
+            killer.join()
+            ends = _wait_for_ends(client, [j for j in job_ids if j], deadline + 120)
+            keyed = {redis.get(key).decode() for key in redis.scan_iter("xai:idempotency:*")}
+            duplicated = _computed_more_than_once(redis, ends)
+    finally:
+        service.stop()
+    assert service.gateway_restarts == 1 and all(job_ids)
+    assert len(set(job_ids)) == jobs and keyed == set(job_ids)  # one job per key, the one its client was told
+    assert set(ends.values()) == {"finished"} and not duplicated
+
+
+def _wait_for_keys(redis, count: int) -> None:
+    """Until ``count`` submissions have claimed their idempotency keys: the gateway is mid-stream."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while sum(1 for _ in redis.scan_iter("xai:idempotency:*")) < count and time.monotonic() < deadline:
+        time.sleep(0.02)

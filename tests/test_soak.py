@@ -1,4 +1,4 @@
-"""Soak: 1000 jobs from 50 clients while a worker is killed every few seconds and Redis restarts once.
+"""Soak: 1000 jobs from 50 clients while a worker is killed every few seconds, and the gateway and Redis once.
 
 Real processes throughout: the embedded Redis (AOF, fsync always), a gateway served by uvicorn, and
 fast workers that this test kills with SIGKILL and starts again (as ``xai serve`` would). Clients
@@ -55,6 +55,7 @@ class Service:
         self.workers = [self._spawn("worker", "--queues", "fast") for _ in range(2)]
         self.kills = 0
         self.redis_restarts = 0
+        self.gateway_restarts = 0
 
     def _spawn(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=self.env,
@@ -72,6 +73,12 @@ class Service:
         self.redis.process.wait()
         self.redis.start()
         self.redis_restarts += 1
+
+    def restart_gateway(self) -> None:
+        self.gateway.kill()
+        self.gateway.wait()
+        self.gateway = self._spawn("gateway", "--port", str(self.port))
+        self.gateway_restarts += 1
 
     def ensure_workers(self) -> None:
         """A worker that exited (Redis was away when it started, or it lost Redis) comes back, as xai serve does."""
@@ -109,7 +116,7 @@ def status_of(client: httpx.Client, job_id: str) -> str | None:
     return response.json()["status"] if response.status_code == 200 else None
 
 
-def test_a_thousand_jobs_survive_worker_kills_and_a_redis_restart(tmp_path):
+def test_a_thousand_jobs_survive_worker_kills_a_gateway_kill_and_a_redis_restart(tmp_path):
     service = Service(tmp_path)
     stop = threading.Event()
 
@@ -117,6 +124,8 @@ def test_a_thousand_jobs_survive_worker_kills_and_a_redis_restart(tmp_path):
         started = time.monotonic()
         while not stop.wait(KILL_EVERY_S):
             service.kill_worker()
+            if not service.gateway_restarts and time.monotonic() - started > 2 * KILL_EVERY_S:
+                service.restart_gateway()
             if not service.redis_restarts and time.monotonic() - started > 3 * KILL_EVERY_S:
                 service.restart_redis()
             service.ensure_workers()
@@ -140,7 +149,8 @@ def test_a_thousand_jobs_survive_worker_kills_and_a_redis_restart(tmp_path):
         service.stop()
     counts = {state: sum(s == state for s in ends.values()) for state in (*TERMINAL, "lost", None)}
     print(f"soak: {JOBS} submitted by {CLIENTS} clients, {sum(j is not None for j in job_ids)} accepted, "
-          f"{service.kills} worker kills, {service.redis_restarts} Redis restart: {counts}, "
+          f"{service.kills} worker kills, {service.gateway_restarts} gateway kill, {service.redis_restarts} "
+          f"Redis restart: {counts}, "
           f"{len(duplicated)} computed twice")
     assert all(job_ids), "a submission was never accepted"
     assert counts["lost"] == 0 and counts[None] == 0

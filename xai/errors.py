@@ -45,6 +45,7 @@ _CODES: tuple[tuple[str, int, str, str], ...] = (
     ("method_not_allowed", 405, "request", "this path does not answer that HTTP method"),
     ("not_found", 404, "request", "no such route"),
     ("http_error", 400, "request", "the HTTP request is malformed"),
+    ("request_in_progress", 409, "request", "a request with this Idempotency-Key is still being accepted; send it again after Retry-After seconds"),
     ("invalid_cursor", 422, "request", "the job list cursor is not one a previous page returned"),
     ("invalid_callback_url", 422, "request", "callback_url must be an absolute http or https URL without credentials"),
     ("callback_not_allowed", 422, "request", "callbacks go only to hosts in XAI_CALLBACK_HOSTS, for API keys with a callback_secret"),
@@ -187,7 +188,7 @@ class Unavailable(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """Refused for load, not for the request: the caller retries the same request after ``retry_after_s``."""
+    """Refused for now, not for what was asked: the caller sends the same request again after ``retry_after_s``."""
 
     code = ErrorCode.QUEUE_FULL
 
