@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.callbacks import CallbackCourier
 from service.deps import Gateway
 from service.openapi import openapi_of
-from service.routes import events, explanations, jobs, methods, models, system
+from service.routes import events, explanations, jobs, methods, models, system, viewer
 from service.telemetry import Telemetry
 from xai.errors import ErrorCode, Overloaded, ServiceError
 from xai.settings import Settings, get_settings
@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     # events before jobs: jobs' /{job_id}/{name:path} (result files) would otherwise take /{job_id}/events.
-    for router in (system.router, methods.router, models.router, explanations.router, events.router, jobs.router):
+    for router in (system.router, methods.router, models.router, explanations.router, events.router, jobs.router,
+                   viewer.router):
         app.include_router(router)
     return app
 
