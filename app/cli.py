@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     settings = Settings()
-    logs.configure(settings.log_level, args.command)
+    # A client command's output is for a person at a terminal: only warnings and errors are logged there.
+    logs.configure("WARNING" if getattr(args, "client", False) else settings.log_level, args.command)
     return args.run(args, settings) or 0
 
 

@@ -43,19 +43,19 @@ def add_client_commands(commands) -> None:
     explain.add_argument("--target", default=None, help="class index or name (default: the predicted class)")
     explain.add_argument("--out", type=Path, default=Path("xai-results"), help="folder for the result files")
     _connection_arguments(explain, listing=False)
-    explain.set_defaults(run=_client(_explain))
+    explain.set_defaults(run=_client(_explain), client=True)
 
     jobs = commands.add_parser("jobs", help="list your jobs, newest first")
     jobs.add_argument("--status", choices=("queued", "started", "finished", "failed", "canceled"))
     jobs.add_argument("--model", default=None, help="only jobs of this model")
     jobs.add_argument("--limit", type=int, default=20, help="most jobs to list (pages are followed)")
     _connection_arguments(jobs)
-    jobs.set_defaults(run=_client(_jobs))
+    jobs.set_defaults(run=_client(_jobs), client=True)
 
     for name, run, what in (("models", _models, "registered models"), ("methods", _methods, "explanation methods")):
         listing = commands.add_parser(name, help=f"list the {what}")
         _connection_arguments(listing)
-        listing.set_defaults(run=_client(run))
+        listing.set_defaults(run=_client(run), client=True)
 
 
 def _connection_arguments(parser, listing: bool = True) -> None:
