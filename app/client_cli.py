@@ -24,6 +24,7 @@ from service.schemas import Accepted, ErrorResponse, JobList, JobStatus, MethodL
 EXIT_REFUSED, EXIT_JOB_FAILED, EXIT_UNAVAILABLE = 3, 4, 5
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 BAR_WIDTH = 30
+ENDED = ("finished", "failed", "canceled")
 
 
 class ClientError(Exception):
@@ -153,7 +154,7 @@ def _follow(http: httpx.Client, job_id: str, label: str) -> JobStatus:
                 stream.read()
                 _call(http, "GET", f"/v1/jobs/{job_id}")  # the same request unstreamed: its error, typed
             for event, data in _events(stream):
-                if event == "progress":
+                if event == "progress" and data["status"] not in ENDED:  # the status event draws the last line
                     _draw(label, data["progress"], data["stage"])
                 elif event == "status":
                     job = JobStatus.model_validate(data)

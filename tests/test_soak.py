@@ -8,6 +8,7 @@ job must end finished or failed with a reason; none may be lost or computed twic
 
 from __future__ import annotations
 
+import collections
 import socket
 import subprocess
 import sys
@@ -144,18 +145,22 @@ def test_a_thousand_jobs_survive_worker_kills_a_gateway_kill_and_a_redis_restart
             stop.set()
             killer.join()
             duplicated = _computed_more_than_once(Redis.from_url(service.redis.url), ends)
+            failures = {job_id: client.get(f"/v1/jobs/{job_id}").json()["error"]["code"]
+                        for job_id, state in ends.items() if state == "failed"}
     finally:
         stop.set()
         service.stop()
     counts = {state: sum(s == state for s in ends.values()) for state in (*TERMINAL, "lost", None)}
+    reasons = collections.Counter(failures.values())
     print(f"soak: {JOBS} submitted by {CLIENTS} clients, {sum(j is not None for j in job_ids)} accepted, "
           f"{service.kills} worker kills, {service.gateway_restarts} gateway kill, {service.redis_restarts} "
-          f"Redis restart: {counts}, "
+          f"Redis restart: {counts} (failed with {dict(reasons)}), "
           f"{len(duplicated)} computed twice")
     assert all(job_ids), "a submission was never accepted"
     assert counts["lost"] == 0 and counts[None] == 0
     assert sum(counts[state] for state in TERMINAL) == JOBS
     assert not duplicated
+    assert set(reasons) <= {"worker_lost"}, "a job failed for a reason the chaos does not explain"
 
 
 def _wait_until_ready(client: httpx.Client) -> None:
