@@ -153,7 +153,7 @@ def _follow(http: httpx.Client, job_id: str, label: str) -> JobStatus:
             if not stream.is_success:
                 stream.read()
                 _call(http, "GET", f"/v1/jobs/{job_id}")  # the same request unstreamed: its error, typed
-            for event, data in _events(stream):
+            for event, data in read_events(stream):
                 if event == "progress" and data["status"] not in ENDED:  # the status event draws the last line
                     _draw(label, data["progress"], data["stage"])
                 elif event == "status":
@@ -167,7 +167,8 @@ def _follow(http: httpx.Client, job_id: str, label: str) -> JobStatus:
     raise ClientError("stream_ended", f"the event stream of job {job_id} ended without its status", EXIT_UNAVAILABLE)
 
 
-def _events(stream: httpx.Response) -> Iterator[tuple[str, dict]]:
+def read_events(stream: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs of a text/event-stream response as they arrive; ping comments skipped."""
     name, data = "message", []
     for line in stream.iter_lines():
         if line.startswith(":"):
@@ -206,11 +207,8 @@ def _summary(path: Path, job: JobStatus, folder: Path) -> str:
                                    metrics.faithfulness["deletion_auc"], "insertion_auc":
                                    metrics.faithfulness["insertion_auc"], "complexity":
                                    metrics.complexity["area_fraction"]}]
-    timing = job.result.timing
-    total_ms = timing.queue_ms + timing.load_ms + timing.explain_ms + timing.score_ms + timing.render_ms \
-        + timing.store_ms
     lines = [f"{path}: {prediction['class_name']} ({prediction['score']:.3f}), explained for "
-             f"{metrics.target['class_name']}; {total_ms:.0f} ms; files in {folder}"]
+             f"{metrics.target['class_name']}; {job.result.timing.total_ms:.0f} ms; files in {folder}"]
     lines += [f"  {row['method']:<24} deletion AUC {row['deletion_auc']:.3f}  insertion AUC "
               f"{row['insertion_auc']:.3f}  area {row['complexity']:.3f}" for row in rows]
     return "\n".join(lines)

@@ -8,7 +8,6 @@ keys and one worker subprocess on the fast and slow queues.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -22,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app import client_cli
 from app.embedded import EmbeddedRedis
 from models.store import ModelStore
 from service.main import create_app
@@ -98,17 +98,5 @@ def live_service(tmp_path_factory):
 
 
 def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    """(event, data) pairs of a text/event-stream response, read to its end; ping comments skipped."""
-    events, name, data = [], "message", []
-    for line in response.iter_lines():
-        if line.startswith(":"):
-            continue
-        if not line:
-            if data:
-                events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line.partition(":")[2].strip()
-        elif line.startswith("data:"):
-            data.append(line.partition(":")[2].strip())
-    return events
+    """(event, data) pairs of a text/event-stream response, read to its end, as the CLI reads them."""
+    return list(client_cli.read_events(response))

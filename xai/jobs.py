@@ -111,6 +111,11 @@ class Timings(_Contract):
     batch_size: int
     model_resident: bool
 
+    @property
+    def total_ms(self) -> float:
+        """From submission to stored result: the sum of the stages."""
+        return self.queue_ms + self.load_ms + self.explain_ms + self.score_ms + self.render_ms + self.store_ms
+
 
 class ExplainResult(_Contract):
     """A finished explanation: the metric JSON and the names of its result files."""

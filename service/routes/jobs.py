@@ -105,7 +105,5 @@ def _observe_end(request: Request, gateway: GatewayDep, body: JobStatus) -> None
         telemetry.outcomes.labels(method, body.status).inc()
     timing = body.result.timing if body.result else None
     if body.status == "finished" and timing:
-        seconds = (timing.queue_ms + timing.load_ms + timing.explain_ms + timing.score_ms + timing.render_ms
-                   + timing.store_ms)
         for method in methods:
-            telemetry.latency.labels(method).observe(seconds / 1000)
+            telemetry.latency.labels(method).observe(timing.total_ms / 1000)
