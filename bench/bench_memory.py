@@ -82,19 +82,20 @@ def measure_worker(redis_url: str, data_dir: str, job_json: str) -> dict:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    return _status_mib("VmRSS")
 
 
 def _peak_mib() -> float:
+    return _status_mib("VmHWM")  # the process's peak resident set so far
+
+
+def _status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (reported in kB), in MiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _in_fresh_process(function: str, *args: str) -> dict:

@@ -96,11 +96,9 @@ def still_held(job: Job, execution: Execution, ttl: int) -> bool:
 
 def finish(claim: Claim, result: dict[str, Any], worker_name: str, ttl: int) -> None:
     """Close a claim as finished with ``result``, the job's return value, unless the job was taken back."""
-    job = claim.job
-    if not still_held(job, claim.execution, ttl):
-        log.warning("job %s was re-queued while this worker was cut off from Redis; its retry computes it", job.id)
-        claim.closed = True
+    if _taken_back(claim, ttl):
         return
+    job = claim.job
     job._result = result
     job._status = JobStatus.FINISHED
     job.ended_at = now()
@@ -116,11 +114,9 @@ def finish(claim: Claim, result: dict[str, Any], worker_name: str, ttl: int) -> 
 
 def fail(claim: Claim, reason: str, worker_name: str, ttl: int) -> None:
     """Close a claim as failed; ``reason`` is the exception text RQ keeps (the caller's error is in meta)."""
-    job = claim.job
-    if not still_held(job, claim.execution, ttl):
-        log.warning("job %s was re-queued while this worker was cut off from Redis; its retry runs it", job.id)
-        claim.closed = True
+    if _taken_back(claim, ttl):
         return
+    job = claim.job
     job.ended_at = now()
     with job.connection.pipeline() as pipe:
         job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -129,6 +125,15 @@ def fail(claim: Claim, reason: str, worker_name: str, ttl: int) -> None:
         claim.execution.delete(job=job, pipeline=pipe)
         pipe.execute()
     claim.closed = True
+
+
+def _taken_back(claim: Claim, ttl: int) -> bool:
+    """True (and the claim closed with nothing written) when RQ re-queued the job while this worker was away."""
+    if still_held(claim.job, claim.execution, ttl):
+        return False
+    log.warning("job %s was re-queued while this worker was cut off from Redis; its retry runs it", claim.job.id)
+    claim.closed = True
+    return True
 
 
 def _waiting(queue: Queue, window: int) -> list[Job]:
