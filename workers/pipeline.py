@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydicom.dataset import Dataset
 from redis import Redis
 
 from models.preprocess import to_model_input
-from workers import render, scoring
+from workers import dicom_results, render, scoring
 from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
 from xai.errors import NotFound, ServiceError
@@ -37,6 +38,7 @@ from xai.jobs import (
     input_key,
     native_key,
     public_files,
+    source_key,
 )
 from xai.wire import decode_canonical, decode_display, encode_heatmap
 
@@ -57,6 +59,7 @@ class Member:
     display: np.ndarray  # uint8, at most display_max_side on the long side, for the overlay
     native: np.ndarray | None  # the upload at its own resolution, patch mode only
     annotation: np.ndarray | None  # bool mask at the model's input size
+    source: Dataset | None  # the source DICOM's filing attributes, outputs=dicom jobs only
 
 
 class StageClock:
@@ -108,6 +111,15 @@ def explain_batch(
             _score(loaded, batch, members, targets, results)
     progress.stage(Stage.RENDERING, SPANS[Stage.RENDERING])
     files, render_ms = rendering.result()
+    metrics = [_metrics(loaded, member, predictions[index], targets[index],
+                        {m: results[index] for m, results in per_method.items()})
+               for index, member in enumerate(members)]
+    for index, member in enumerate(members):  # after scoring: the reports carry its figures
+        if member.source is not None:
+            started = time.perf_counter()
+            metrics[index]["dicom"] = _add_dicom(files[member.job.job_id], member, loaded, per_method, index,
+                                                 predictions[index], targets[index])
+            render_ms[member.job.job_id] += (time.perf_counter() - started) * 1000
     with clock("store"):
         progress.stage(Stage.STORING, SPANS[Stage.STORING])
         ctx.results.put(files, ctx.settings.result_ttl_s)
@@ -121,18 +133,16 @@ def explain_batch(
             render_ms=round(render_ms[job.job_id], 1), store_ms=round(share["store"], 1),
             batch_size=len(members), model_resident=resident,
         )
-        metrics = _metrics(loaded, member, predictions[index], targets[index],
-                           {m: results[index] for m, results in per_method.items()})
-        ends[job.job_id] = ExplainResult(metrics=metrics, files=public_files(files[job.job_id]), timing=timing)
+        ends[job.job_id] = ExplainResult(metrics=metrics[index], files=public_files(files[job.job_id]), timing=timing)
     return ends
 
 
 def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Member:
     """A job's inputs from Redis; ``input_expired`` when the upload aged out before a worker reached it."""
     blobs = connection.mget([input_key(job.job_id), display_key(job.job_id), native_key(job.job_id),
-                             annotation_key(job.job_id)])
-    image_blob, display_blob, native_blob, annotation_blob = blobs
-    if image_blob is None or display_blob is None:
+                             annotation_key(job.job_id), source_key(job.job_id)])
+    image_blob, display_blob, native_blob, annotation_blob, source_blob = blobs
+    if image_blob is None or display_blob is None or ("dicom" in job.outputs and source_blob is None):
         raise NotFound("the uploaded image has expired before a worker reached it; submit it again",
                        code="input_expired")
     display = decode_display(display_blob)
@@ -145,6 +155,7 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
         display=display,
         native=None if native_blob is None else decode_canonical(native_blob),
         annotation=None if annotation_blob is None else decode_canonical(annotation_blob) > 0.5,
+        source=None if source_blob is None else dicom_results.read_source(source_blob),
     )
 
 
@@ -200,18 +211,55 @@ def _render_all(
 
 
 def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:
-    """The files of one job: the input's display copy (so a viewer can blend the heatmap itself), and
-    per method the raw heatmap, its PNG, the overlay and any extra images."""
-    files = {"input.png": render.png_bytes(member.display)}
+    """The files of one job: the raw heatmap of each method and, for outputs=png, the input's display
+    copy (so a viewer can blend the heatmap itself) and per method the heatmap's PNG, the overlay and
+    any extra images. (An outputs=dicom job's DICOM files are added after scoring: ``_add_dicom``.)"""
+    png = "png" in member.job.outputs
+    files = {"input.png": render.png_bytes(member.display)} if png else {}
     for method, result in results.items():
-        prefix = "" if len(results) == 1 else f"{method}/"
-        heatmap = result.heatmap.float().numpy()
-        if max(heatmap.shape) > max(member.display.shape[:2]):  # patch mode: keep no more than is shown
-            heatmap = resize(heatmap, *member.display.shape[:2])
+        prefix = _prefix(method, results)
+        heatmap = _stored_heatmap(result, member)
         files[prefix + RAW_HEATMAP] = encode_heatmap(heatmap)
-        files |= {prefix + name: blob for name, blob in render.heatmap_images(heatmap, member.display).items()}
-        files |= {f"{prefix}{name}.png": render.png_bytes(pixels) for name, pixels in result.images.items()}
+        if png:
+            files |= {prefix + name: blob for name, blob in render.heatmap_images(heatmap, member.display).items()}
+            files |= {f"{prefix}{name}.png": render.png_bytes(pixels) for name, pixels in result.images.items()}
     return files
+
+
+def _prefix(method: str, results: dict) -> str:
+    return "" if len(results) == 1 else f"{method}/"
+
+
+def _stored_heatmap(result: MethodResult, member: Member) -> np.ndarray:
+    heatmap = result.heatmap.float().numpy()
+    if max(heatmap.shape) > max(member.display.shape[:2]):  # patch mode: keep no more than is shown
+        heatmap = resize(heatmap, *member.display.shape[:2])
+    return heatmap
+
+
+def _add_dicom(
+    files: dict[str, bytes], member: Member, loaded: LoadedModel, per_method: dict[str, list[MethodResult]],
+    index: int, prediction: dict, target: int,
+) -> dict:
+    """Write each method's DICOM results into ``files``; what the job's metrics say of them."""
+    manifest, job = loaded.manifest, member.job
+    series = dicom_results.SeriesUids()
+    notes = []
+    results = {m: r[index] for m, r in per_method.items()}
+    for number, (method, result) in enumerate(results.items(), start=1):
+        heatmap = _stored_heatmap(result, member)
+        explained = dicom_results.Explained(
+            method=method, params=job.params.get(method, {}), model_id=manifest.id, model_version=manifest.version,
+            class_names=list(manifest.class_names), predicted=prediction["class"], target=target,
+            target_probability=float(prediction["probabilities"][manifest.class_names[target]]), metrics=result.metrics,
+            frame=int(job.input.details.get("frame", 0) or 0),
+        )
+        written = dicom_results.write(member.source, render.overlay_pixels(heatmap, member.display), heatmap,
+                                      explained, series, number)
+        files |= {_prefix(method, results) + name: blob for name, blob in written.files.items()}
+        notes += written.notes
+    return {"series": {"secondary_capture": series.sc, "parametric_map": series.pm, "structured_report": series.sr},
+            "notes": notes}
 
 
 def _metrics(

@@ -66,9 +66,18 @@ def heatmap_images(heatmap: np.ndarray, display: np.ndarray) -> dict[str, bytes]
     files use) to the display size: colouring after the resize keeps the colour map's own steps.
     """
     levels = colour_levels(heatmap)
+    return {"heatmap.png": png_bytes(colourise(levels)), "overlay.png": png_bytes(_overlay_levels(levels, display))}
+
+
+def overlay_pixels(heatmap: np.ndarray, display: np.ndarray) -> np.ndarray:
+    """The overlay ``heatmap_images`` encodes as overlay.png, as H x W x 3 uint8 (the DICOM Secondary Capture's)."""
+    return _overlay_levels(colour_levels(heatmap), display)
+
+
+def _overlay_levels(levels: np.ndarray, display: np.ndarray) -> np.ndarray:
     height, width = display.shape[:2]
     enlarged = np.asarray(Image.fromarray(levels).resize((width, height), Image.Resampling.BILINEAR))
-    return {"heatmap.png": png_bytes(colourise(levels)), "overlay.png": png_bytes(overlay(display, colourise(enlarged)))}
+    return overlay(display, colourise(enlarged))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -3,7 +3,8 @@
 The gateway builds a request model once and enqueues ``model_dump(mode="json")`` as the RQ job's only
 argument; the worker parses it back with the same model, so the defaults below are the only ones.
 Pixels travel separately (``input_key``) with a TTL; result files live in a ``ResultStore``.
-Nothing here identifies a patient.
+Nothing here identifies a patient: the one exception, the source's filing attributes an
+``outputs=dicom`` job needs, travels with the pixels (``source_key``) and ends with them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from xai.settings import OutputKind
+
 QUEUES = ("fast", "slow", "train")
 EXPLAIN_ENTRY = "workers.jobs.run_explanation"
+DELIVER_ENTRY = "workers.jobs.run_delivery"
 TRAIN_ENTRY = "workers.jobs.run_training"
 VALIDATE_ENTRY = "workers.jobs.validate_model"
 
@@ -31,6 +35,7 @@ class Stage(StrEnum):
     SCORING = "scoring"
     RENDERING = "rendering"
     STORING = "storing"
+    SENDING = "sending"
     TRAINING = "training"
     FINISHED = "finished"
     FAILED = "failed"
@@ -63,6 +68,9 @@ class ExplainJob(_Contract):
     quality: list[QualityMetric] = Field(default_factory=list)
     patch_mode: bool = False
     patch_overlap: Annotated[float, Field(ge=0.0, le=0.9)] = 0.25
+    outputs: list[OutputKind] = Field(["png"], min_length=1, description="png: heatmap and overlay images; dicom: "
+                                      "Secondary Capture, Parametric Map and Structured Report in the source's study")
+    destination: str | None = Field(None, description="a name of XAI_DICOMWEB_DESTINATIONS the DICOM results go to")
     input: InputInfo
 
     def batch_key(self) -> str | None:
@@ -96,7 +104,28 @@ class ValidateJob(_Contract):
     model_version: int
 
 
-JobRequest = Annotated[ExplainJob | TrainJob | ValidateJob, Field(discriminator="kind")]
+class DeliverJob(_Contract):
+    """Send a finished job's DICOM results (again) to a destination: POST /v1/jobs/{id}/deliveries."""
+
+    kind: Literal["delivery"] = "delivery"
+    job_id: str
+    submitted_at: float
+    of_job: str
+    destination: str
+
+
+JobRequest = Annotated[ExplainJob | TrainJob | ValidateJob | DeliverJob, Field(discriminator="kind")]
+
+
+class Delivery(_Contract):
+    """Where a job's DICOM results were sent and how that went; kept in the job's meta, shown in its status."""
+
+    destination: str
+    status: Literal["sending", "delivered", "failed"]
+    attempts: int = 0
+    stored_sop_instance_uids: list[str] = Field(default_factory=list)
+    reason: str | None = Field(None, description="why the delivery failed (no patient data)")
+    updated_at: str
 
 
 class Timings(_Contract):
@@ -151,7 +180,7 @@ class ErrorBody(_Contract):
 _JOB_REQUEST = TypeAdapter(JobRequest)
 
 
-def parse_request(payload: dict[str, Any]) -> ExplainJob | TrainJob | ValidateJob:
+def parse_request(payload: dict[str, Any]) -> ExplainJob | TrainJob | ValidateJob | DeliverJob:
     """The typed request of a job from its RQ argument (pydantic's ValidationError if it is none)."""
     return _JOB_REQUEST.validate_python(payload)
 
@@ -175,9 +204,14 @@ def annotation_key(job_id: str) -> str:
     return f"xai:annotation:{job_id}"
 
 
+def source_key(job_id: str) -> str:
+    """The source DICOM's filing attributes (patient, study, references), kept only for outputs=dicom jobs."""
+    return f"xai:source:{job_id}"
+
+
 def input_keys(job_id: str) -> tuple[str, ...]:
     """Every key of a job's uploaded data, deleted together when the job ends."""
-    return input_key(job_id), display_key(job_id), native_key(job_id), annotation_key(job_id)
+    return input_key(job_id), display_key(job_id), native_key(job_id), annotation_key(job_id), source_key(job_id)
 
 
 def cancel_key(job_id: str) -> str:

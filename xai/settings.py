@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Scope = Literal["explain", "admin"]
@@ -49,6 +49,41 @@ class ApiKey(BaseModel):
         return self.key_sha256.lower() if self.key_sha256 else hashlib.sha256(self.key.encode()).hexdigest()
 
 
+class DicomwebDestination(BaseModel):
+    """A STOW-RS endpoint DICOM results may be sent to. Credentials come from a file only the service reads,
+    never from a request: JSON ``{"username": ..., "password": ...}`` (HTTP basic) or ``{"token": ...}`` (bearer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2000)] = Field(
+        ..., description="STOW-RS base URL: studies are POSTed to <url>/studies")
+    credentials_file: Path | None = Field(None, description="JSON file with the credentials (mode 0600)")
+
+
+OutputKind = Literal["png", "dicom"]
+
+
+class DicomRoute(BaseModel):
+    """One rule of ``XAI_DICOM_ROUTES``: instances a PACS STOWs to /dicomweb/studies that match every given
+    attribute (Modality, BodyPartExamined, SOP Class UID; unset matches any) are explained so."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: str | None = Field(None, max_length=16)
+    body_part_examined: str | None = Field(None, max_length=16)
+    sop_class_uid: str | None = Field(None, pattern=r"^[0-9.]{1,64}$")
+    model_id: str = Field(..., min_length=1, max_length=128)
+    model_version: int | None = Field(None, ge=1)
+    methods: list[str] = Field(..., min_length=1)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per method")
+    outputs: list[OutputKind] = Field(["dicom"], min_length=1)
+    destination: str | None = Field(None, description="a name of XAI_DICOMWEB_DESTINATIONS")
+
+    def matches(self, modality: str | None, body_part: str | None, sop_class_uid: str | None) -> bool:
+        wanted = ((self.modality, modality), (self.body_part_examined, body_part), (self.sop_class_uid, sop_class_uid))
+        return all(rule is None or (value or "").upper() == rule.upper() for rule, value in wanted)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XAI_", env_file=None, extra="ignore")
 
@@ -70,6 +105,15 @@ class Settings(BaseSettings):
     callback_backoff_s: float = Field(2.0, gt=0, le=600, description="Wait before the second delivery; doubled "
                                       "after each failure, at most 300 s")
     callback_timeout_s: float = Field(10.0, gt=0, le=120, description="How long one delivery waits for an answer")
+    dicomweb_destinations: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")],
+                                DicomwebDestination] = Field(
+        default_factory=dict, description="JSON object: name -> {url, credentials_file}; a job's destination=<name> "
+        "sends its DICOM results there")
+    dicomweb_attempts: int = Field(5, ge=1, le=20, description="Tries of one STOW-RS delivery (connection errors, 5xx)")
+    dicomweb_backoff_s: float = Field(1.0, gt=0, le=300, description="Wait before the second try; doubled after each")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, le=600, description="How long one STOW-RS request waits")
+    dicom_routes: list[DicomRoute] = Field(default_factory=list, description="JSON list of rules routing instances "
+                                           "STOWed to /dicomweb/studies; the first that matches is used")
     device: str = Field("auto", description="Worker torch device: auto, cpu, cuda, cuda:N")
     torch_threads: int = Field(0, ge=0, le=256, description="CPU threads per worker for torch; 0: half the "
                                "machine's cores (at least 1), since several workers share them")
@@ -82,6 +126,8 @@ class Settings(BaseSettings):
     training_data_dir: Path | None = Field(None, description="Folders the train API may read; default DATA_DIR/training-data")
     max_model_bytes: int = Field(2 * 1024**3, description="Largest accepted model weights upload")
     max_upload_bytes: int = Field(64 * 1024 * 1024, description="Largest accepted upload")
+    stow_max_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted STOW-RS request (all its "
+                                "instances; each is also held to max_upload_bytes)")
     max_pixels: int = Field(40_000_000, description="Largest accepted image (rows x columns)")
     max_frames: int = Field(2000, description="Largest accepted number of frames in a multi-frame DICOM")
     model_cache_size: int = Field(4, description="Models a worker keeps resident (LRU)")
@@ -111,6 +157,13 @@ class Settings(BaseSettings):
         "always", description="When the embedded Redis fsyncs its AOF: 'always' before it answers, so a job the "
         "gateway accepted survives a kill -9 of Redis or a power cut (about 1 ms per request here); 'everysec' "
         "may lose the last second")
+
+    @model_validator(mode="after")
+    def _routes_name_destinations(self) -> Settings:
+        unknown = {r.destination for r in self.dicom_routes if r.destination} - set(self.dicomweb_destinations)
+        if unknown:
+            raise ValueError(f"XAI_DICOM_ROUTES names destinations not in XAI_DICOMWEB_DESTINATIONS: {sorted(unknown)}")
+        return self
 
     @property
     def model_store_dir(self) -> Path:

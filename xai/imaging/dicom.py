@@ -43,7 +43,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply
 from pydicom.pixels.utils import get_expected_length, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from xai.errors import InvalidImage, UnsupportedMediaType
+from xai.errors import InvalidImage, InvalidInput, UnsupportedMediaType
 from xai.imaging.canonical import (
     DecodedImage,
     DecodeLimits,
@@ -401,3 +401,43 @@ def _pixel_spacing(ds: Dataset) -> list[float] | None:
     except (TypeError, ValueError):
         return None
     return spacing if len(spacing) == 2 and all(np.isfinite(spacing)) and min(spacing) > 0 else None
+
+
+# What a DICOM result needs of its source to be filed in the source's study (PS3.3 C.7.1.1 Patient,
+# C.7.2.1 General Study) and to reference it (SOP, series, frame of reference, plane geometry), and
+# nothing else: kept only for jobs that ask for DICOM output, with their input (``xai.jobs.source_key``).
+FILING_ATTRIBUTES = (
+    "SpecificCharacterSet",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined", "Laterality",
+    "PatientOrientation", "FrameOfReferenceUID", "Rows", "Columns", "NumberOfFrames", "PixelSpacing",
+    "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
+)
+
+
+def filing_attributes(data: bytes) -> bytes:
+    """The source's ``FILING_ATTRIBUTES`` as a small Part 10 file (no pixels), for the worker's DICOM writer.
+
+    Raises:
+        InvalidInput: code ``dicom_output_needs_uids`` when the source lacks the Study or SOP Instance
+            UID a result must reference.
+    """
+    with corrupt_on_failure("DICOM header"):
+        source = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM", stop_before_pixels=True)
+    missing = [k for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID") if not source.get(k)]
+    if missing:
+        raise InvalidInput(
+            f"outputs=dicom files the results in the source's study, but the instance has no {', '.join(missing)}; "
+            "send the instance as the PACS stores it, or ask for outputs=png", code="dicom_output_needs_uids")
+    kept = Dataset()
+    for keyword in FILING_ATTRIBUTES:
+        if keyword in source:
+            kept[keyword] = source[keyword]
+    kept.file_meta = pydicom.dataset.FileMetaDataset()
+    kept.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    kept.file_meta.MediaStorageSOPClassUID = source.SOPClassUID
+    kept.file_meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+    out = io.BytesIO()
+    kept.save_as(out, enforce_file_format=True)
+    return out.getvalue()
