@@ -19,13 +19,15 @@ from redis import Redis
 from rq import get_current_job
 from rq.executions import Execution
 from rq.job import Job
+from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
 from workers import claim as claims
+from workers.delivery import deliver
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.errors import ErrorCode, JobCancelled, ServiceError
-from xai.jobs import ExplainJob, ExplainResult, Stage, TrainJob, ValidateJob, input_keys
+from xai.jobs import DeliverJob, Delivery, ExplainJob, ExplainResult, Stage, TrainJob, ValidateJob, input_keys
 from xai.persistence import mark_patient_data_deleted
 from xai.settings import get_settings
 
@@ -77,17 +79,64 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
         mark_patient_data_deleted(ctx.connection)
     for peer in peers:
         if peer.job.id in held:
-            _close_peer(ctx, peer, *_outcome(ctx, peer.request.job_id, ends, progress.canceled))
+            outcome = _outcome(ctx, peer.request.job_id, ends, progress.canceled)
+            _send_if_asked(ctx, peer.request, peer.job, outcome[0])
+            _close_peer(ctx, peer, *outcome)
         else:
             peer.closed = True
     if leader.job_id not in held:
         return {}  # ExplainWorker drops this outcome (its lease is lost); the retry's is kept
     result, error = _outcome(ctx, leader.job_id, ends, progress.canceled)
+    _send_if_asked(ctx, leader, leader_job, result)
     if error is not None:
         _mark(leader_job, _stage_of(error), error)
         raise JobCancelled(leader.job_id) if error["code"] == ErrorCode.CANCELED else JobFailed(error)
     _mark(leader_job, Stage.FINISHED)
     return result
+
+
+def _send_if_asked(ctx: WorkerContext, request: ExplainJob, job: Job | None, result: dict[str, Any] | None) -> None:
+    """A finished job with a destination sends its DICOM results there (stage ``sending``) before it ends."""
+    if result is None or request.destination is None or job is None:
+        return
+    job.meta["stage"] = Stage.SENDING.value
+    job.save_meta()
+    send_dicom(ctx, request.job_id, ExplainResult.model_validate(result).files, request.destination, job)
+
+
+def send_dicom(ctx: WorkerContext, job_id: str, files: list[str], destination: str, job: Job) -> Delivery:
+    """STOW-RS the job's DICOM results to ``destination`` and record how it went in the job's meta.
+
+    A delivery that fails leaves the job finished, with its results kept: POST /v1/jobs/{id}/deliveries re-sends.
+    """
+    settings = ctx.settings
+    job.meta["delivery"] = Delivery(destination=destination, status="sending",
+                                    updated_at=datetime.now(UTC).isoformat()).model_dump()
+    job.save_meta()
+    config = settings.dicomweb_destinations.get(destination)
+    if config is None:  # the settings changed since the job was accepted
+        delivery = Delivery(destination=destination, status="failed", updated_at=datetime.now(UTC).isoformat(),
+                            reason=f"destination {destination!r} is no longer in XAI_DICOMWEB_DESTINATIONS")
+    else:
+        instances = [ctx.results.get(job_id, name) for name in files if name.endswith(".dcm")]
+        delivery = deliver(instances, destination, config, attempts=settings.dicomweb_attempts,
+                           backoff_s=settings.dicomweb_backoff_s, timeout_s=settings.dicomweb_timeout_s)
+    job.meta["delivery"] = delivery.model_dump()
+    job.save_meta()
+    return delivery
+
+
+def run_delivery(payload: dict[str, Any]) -> dict[str, Any]:
+    """Re-send a finished job's DICOM results (POST /v1/jobs/{id}/deliveries)."""
+    ctx = context()
+    request = DeliverJob.model_validate(payload)
+
+    def send(progress: GroupProgress) -> dict[str, Any]:
+        target = Job.fetch(request.of_job, connection=ctx.connection, serializer=JSONSerializer)
+        files = ExplainResult.model_validate(target.return_value()).files
+        return send_dicom(ctx, request.of_job, files, request.destination, target).model_dump()
+
+    return _guarded(request.job_id, send)
 
 
 def _outcome(
