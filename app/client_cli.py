@@ -42,6 +42,10 @@ def add_client_commands(commands) -> None:
     explain.add_argument("--method", required=True, help="a method, or several comma-separated to compare them")
     explain.add_argument("--params", default=None, help="JSON object of method parameters")
     explain.add_argument("--target", default=None, help="class index or name (default: the predicted class)")
+    explain.add_argument("--outputs", default=None, help="png (default), dicom or png,dicom: dicom adds a Secondary "
+                         "Capture, Parametric Map and Structured Report filed in the source's study (DICOM inputs)")
+    explain.add_argument("--destination", default=None, help="a configured DICOMweb destination the DICOM results "
+                         "are sent to")
     explain.add_argument("--out", type=Path, default=Path("xai-results"), help="folder for the result files")
     _connection_arguments(explain, listing=False)
     explain.set_defaults(run=_client(_explain), client=True)
@@ -141,6 +145,7 @@ def _submit(http: httpx.Client, path: Path, args) -> Accepted:
         form["params"] = args.params
     if args.target is not None:
         form["target"] = args.target
+    form |= {field: getattr(args, field) for field in ("outputs", "destination") if getattr(args, field)}
     with path.open("rb") as upload:
         response = _call(http, "POST", "/v1/explanations", data=form, files={"file": (path.name, upload)})
     return Accepted.model_validate(response.json())

@@ -23,16 +23,19 @@ from rq.registry import StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from service.deps import Gateway, Principal
 from service import schemas  # its JobStatus is the API's; rq's JobStatus is the queue's
+from service.deps import Gateway, Principal
 from service.signing import UrlSigner
 from xai.callbacks import CallbackDelivery
 from xai.errors import ErrorCode, InvalidInput, NotFound, Overloaded
 from xai.imaging.resize import resize
 from xai.jobs import (
     CALLBACK_OUTBOX,
+    DELIVER_ENTRY,
     DERIVED_HEATMAPS,
     RAW_HEATMAP,
+    DeliverJob,
+    Delivery,
     ExplainJob,
     ExplainResult,
     Stage,
@@ -242,6 +245,8 @@ def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> s
     }
     if meta.get("callback"):
         body["callback"] = CallbackDelivery.model_validate(meta["callback"]).public()
+    if meta.get("delivery"):
+        body["delivery"] = Delivery.model_validate(meta["delivery"])
     if status == "finished":
         body["result"] = _public_result(request, job.return_value(), status_url(base_url, job.id) + "/")
         if signer:
@@ -336,3 +341,39 @@ def read_file(gateway: Gateway, job: Job, name: str) -> bytes:
     if base == "heatmap.npy":
         heatmap = resize(heatmap, request.input.height, request.input.width)
     return npy_bytes(heatmap)
+
+
+def dicom_files(gateway: Gateway, job: Job) -> list[str]:
+    """The names of a finished explanation's DICOM results, in the order GET /v1/jobs/{id}/dicom/{n} numbers them."""
+    request = parse_request(job.args[0])
+    if not isinstance(request, ExplainJob) or job.get_status(refresh=False) != JobStatus.FINISHED:
+        raise NotFound(f"job {job.id!r} has no DICOM results (it is not a finished explanation)", code="unknown_file")
+    names = [n for n in ExplainResult.model_validate(job.return_value()).files if n.endswith(".dcm")]
+    if not names:
+        raise NotFound(f"job {job.id!r} has no DICOM results: submit it with outputs=dicom and a DICOM upload",
+                       code="unknown_file")
+    return names
+
+
+def request_delivery(gateway: Gateway, job: Job, destination: str | None) -> Job:
+    """Queue a (re-)sending of a finished job's DICOM results; to the job's own destination unless one is named."""
+    dicom_files(gateway, job)  # 404 unless there is something to send
+    request = parse_request(job.args[0])
+    name = destination or request.destination
+    if not name:
+        raise InvalidInput("the job was submitted without a destination: name one (a key of "
+                           "XAI_DICOMWEB_DESTINATIONS)", code="unknown_destination")
+    if name not in gateway.settings.dicomweb_destinations:
+        known = ", ".join(sorted(gateway.settings.dicomweb_destinations)) or "none"
+        raise InvalidInput(f"destination {name[:64]!r} is not configured; configured: {known}",
+                           code="unknown_destination")
+    order = DeliverJob(job_id=new_job_id(), submitted_at=time.time(), of_job=job.id, destination=name)
+    return enqueue(gateway, "fast", DELIVER_ENTRY, order, owner=job.meta["owner"])
+
+
+def multipart_related(parts: list[bytes], media_type: str) -> tuple[bytes, str]:
+    """``parts`` as one multipart/related body (PS3.18 8.6.1.2) and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode() + part + b"\r\n"
+                    for part in parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="{media_type}"; boundary={boundary}'

@@ -7,8 +7,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.callbacks import CallbackCourier
 from service.deps import Gateway
 from service.openapi import openapi_of
-from service.routes import events, explanations, jobs, methods, models, system, viewer
+from service.routes import dicomweb, events, explanations, jobs, methods, models, system, viewer
 from service.telemetry import Telemetry
 from xai.errors import ErrorCode, Overloaded, ServiceError
 from xai.settings import Settings, get_settings
@@ -83,8 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     # events before jobs: jobs' /{job_id}/{name:path} (result files) would otherwise take /{job_id}/events.
-    for router in (system.router, methods.router, models.router, explanations.router, events.router, jobs.router,
-                   viewer.router):
+    # explanations.dicom_body before explanations.router: it takes only bare application/dicom bodies.
+    for router in (system.router, methods.router, models.router, explanations.dicom_body, explanations.router,
+                   dicomweb.router, events.router, jobs.router, viewer.router):
         app.include_router(router)
     return app
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from models.manifest import ModelManifest
-from xai.jobs import Timings
+from xai.jobs import Delivery, Timings
 
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
 
@@ -76,6 +76,8 @@ class ExplanationMetrics(BaseModel):
     localization: dict[str, Any] | None = Field(None, description="with an annotation: iou_p85..iou_p98, ncc")
     methods: dict[str, dict[str, Any]] | None = Field(None, description="a comparison: each method's block")
     comparison: list[dict[str, Any]] | None = Field(None, description="a comparison: one row per method")
+    dicom: dict[str, Any] | None = Field(None, description="outputs=dicom: the new series' UIDs, and notes on any "
+                                         "object the source did not allow (no Parametric Map without geometry)")
 
 
 class JobResult(_Body):
@@ -96,7 +98,7 @@ class CallbackState(_Body):
 
 class JobStatus(_Body):
     job_id: str
-    kind: Literal["explanation", "training", "model_validation"]
+    kind: Literal["explanation", "training", "model_validation", "delivery"]
     status: JobState
     progress: float = Field(ge=0, le=1, description="never goes backwards")
     stage: str
@@ -108,6 +110,8 @@ class JobStatus(_Body):
     request: RequestSummary
     result: JobResult | None
     callback: CallbackState | None = Field(None, description="only for a job submitted with callback_url")
+    delivery: Delivery | None = Field(None, description="only for a job whose DICOM results went to a destination: "
+                                      "the latest sending")
 
 
 class JobList(_Body):

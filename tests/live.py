@@ -57,10 +57,10 @@ def live_settings(redis_url: str, data_dir: Path, **overrides) -> Settings:
                     abandoned_after_s=10, log_level="WARNING", api_keys=keys, port=free_port(), **overrides)
 
 
-def start_worker(settings: Settings) -> subprocess.Popen:
+def start_worker(settings: Settings, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XAI_REDIS_URL": settings.redis_url,
            "XAI_DATA_DIR": str(settings.data_dir), "XAI_DEVICE": "cpu", "XAI_TORCH_THREADS": "1",
-           "XAI_LOG_LEVEL": "WARNING"}
+           "XAI_LOG_LEVEL": "WARNING", **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", "fast,slow"], cwd=REPO, env=env)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 from PIL import Image
 
 from tests.conftest import REPO
@@ -80,3 +81,17 @@ def test_errors_exit_with_the_api_code(live_service, tmp_path):
     assert unknown.returncode == 3 and "error unknown_model:" in unknown.stderr
     nobody = xai("models", server=f"http://127.0.0.1:{free_port()}", tmp_path=tmp_path)
     assert nobody.returncode == 5 and "error unreachable:" in nobody.stderr
+
+
+def test_explain_a_dicom_with_dicom_outputs_downloads_the_instances(live_service, tmp_path):
+    from tests.test_dicom_outputs import radiograph
+
+    data, source = radiograph()
+    (tmp_path / "source.dcm").write_bytes(data)
+    out = tmp_path / "out"
+    done = xai("explain", str(tmp_path / "source.dcm"), "--model", "mnist-3v8", "--method", "saliency",
+               "--outputs", "dicom", "--out", str(out), server=live_service.url, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = pydicom.dcmread(out / "source" / "sr.dcm")
+    assert report.StudyInstanceUID == source.StudyInstanceUID and report.Modality == "SR"
+    assert not (out / "source" / "overlay.png").exists()

@@ -17,6 +17,7 @@ from service.main import create_app
 from tests.conftest import REPO
 from xai.errors import InvalidImage
 from xai.imaging.canonical import corrupt_on_failure
+from tests import test_dicom_outputs
 from tests.test_api import MODEL, mnist_digit, png, submit, work
 
 DEEP_JSON = "[" * 50_000 + "]" * 50_000
@@ -43,6 +44,8 @@ def baseline_requests(image: bytes, job_id: str = "0" * 32) -> dict[tuple[str, s
     manifest = json.loads((REPO / "models" / "demo" / MODEL / "manifest.json").read_text())
     manifest_text = json.dumps({k: v for k, v in manifest.items() if k not in ("version", "artifacts")})
     job = {"job_id": job_id}
+    stow_body, stow_type = test_dicom_outputs.stow_body([test_dicom_outputs.radiograph(markers=False)[0]])
+    stow = {"headers": {"content-type": stow_type}, "content": stow_body}
     return {
         ("get", "/healthz"): {},
         ("get", "/readyz"): {},
@@ -70,6 +73,13 @@ def baseline_requests(image: bytes, job_id: str = "0" * 32) -> dict[tuple[str, s
         ("get", "/v1/jobs/{job_id}/events"): {"path": job},
         ("delete", "/v1/jobs/{job_id}"): {"path": job},
         ("get", "/v1/jobs/{job_id}/{name}"): {"path": job | {"name": "overlay.png"}},
+        ("get", "/v1/jobs/{job_id}/dicom"): {"path": job},
+        ("get", "/v1/jobs/{job_id}/dicom/{number}"): {"path": job | {"number": "1"}},
+        ("post", "/v1/jobs/{job_id}/deliveries"): {"path": job, "json": {"destination": "pacs"}},
+        ("post", "/dicomweb/studies"): stow,
+        ("post", "/dicomweb/models/{model_id}/methods/{method}/studies"): stow | {
+            "path": {"model_id": MODEL, "method": "saliency"},
+            "query": {"params": "{}", "outputs": "dicom", "target": "0"}},
     }
 
 

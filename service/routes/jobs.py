@@ -7,24 +7,31 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from service.deps import Caller, FileReader, GatewayDep
-from service.schemas import JobList, JobStatus, error_responses
+from service.deps import Caller, ExplainCaller, FileReader, GatewayDep
 from service.jobs import (
     TERMINAL,
     cancel,
+    dicom_files,
     fail_if_abandoned,
     fetch_owned,
     list_owned,
+    multipart_related,
     public_status,
     purge,
     read_file,
+    request_delivery,
+    status_url,
 )
+from service.schemas import Accepted, JobList, JobStatus, error_responses
+from xai.errors import NotFound
 from xai.jobs import observed_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json": "application/json"}
+MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json": "application/json",
+               ".dcm": "application/dicom"}
 # A finished job's files never change, so a browser may reuse them; "private": they derive from a patient's
 # image and no shared cache may keep them.
 FILE_CACHE_CONTROL = "private, max-age=3600, immutable"
@@ -69,6 +76,54 @@ def delete_job(job_id: str, request: Request, gateway: GatewayDep, caller: Calle
     cancel(gateway, job)
     body = public_status(job, str(request.base_url)).model_dump(mode="json", exclude_unset=True)
     return JSONResponse(body, status_code=202)
+
+
+DICOM_CONTENT = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/{job_id}/dicom", response_class=Response,
+            responses={200: {"content": DICOM_CONTENT, "description": "Every DICOM result, as multipart/related; "
+                             'type="application/dicom"'}} | error_responses(401, 403, 404, 422, 500, 503))
+def get_dicom(job_id: str, gateway: GatewayDep, caller: Caller) -> Response:
+    """The job's DICOM results (Secondary Capture, Parametric Map, Structured Report per method), as WADO-RS
+    answers a study: one multipart/related body of application/dicom parts, in result.files order."""
+    job = fetch_owned(gateway, job_id, caller)
+    body, content_type = multipart_related([read_file(gateway, job, n) for n in dicom_files(gateway, job)],
+                                           "application/dicom")
+    return Response(body, media_type=content_type, headers={"Cache-Control": FILE_CACHE_CONTROL})
+
+
+@router.get("/{job_id}/dicom/{number}", response_class=Response,
+            responses={200: {"content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "One DICOM result (a Part 10 file)"}}
+            | error_responses(401, 403, 404, 422, 500, 503))
+def get_dicom_instance(job_id: str, number: int, gateway: GatewayDep, caller: Caller) -> Response:
+    """The job's n-th DICOM result (1-based, in result.files order)."""
+    job = fetch_owned(gateway, job_id, caller)
+    names = dicom_files(gateway, job)
+    if not 1 <= number <= len(names):
+        raise NotFound(f"job {job_id!r} has {len(names)} DICOM result(s), numbered 1 to {len(names)}",
+                       code="unknown_file")
+    name = names[number - 1]
+    return Response(read_file(gateway, job, name), media_type="application/dicom",
+                    headers={"Cache-Control": FILE_CACHE_CONTROL,
+                             "Content-Disposition": f'attachment; filename="{name.replace("/", "_")}"'})
+
+
+class DeliveryOrder(BaseModel):
+    destination: str | None = Field(None, max_length=64, description="a name of XAI_DICOMWEB_DESTINATIONS; "
+                                    "default: the one the job was submitted with")
+
+
+@router.post("/{job_id}/deliveries", status_code=202, response_model=Accepted,
+             responses=error_responses(401, 404, 422, 429, 500, 503))
+def create_delivery(job_id: str, request: Request, gateway: GatewayDep, caller: ExplainCaller,
+                    order: DeliveryOrder | None = None) -> JSONResponse:
+    """Send a finished job's DICOM results (again): to its own destination, or to the one named. The sending is
+    a job of its own; the explained job's ``delivery`` shows how it went."""
+    job = fetch_owned(gateway, job_id, caller)
+    request_delivery(gateway, job, order.destination if order else None)
+    return JSONResponse({"job_id": job.id, "status_url": status_url(str(request.base_url), job.id)}, status_code=202)
 
 
 FILE_CONTENT = {"image/png": {"schema": {"type": "string", "format": "binary"}},
