@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -72,7 +73,9 @@ async def stow_to_method(
     return await _store(request, gateway, caller, lambda identity: order)
 
 
-async def _store(request: Request, gateway: GatewayDep, caller: ExplainCaller, order_for) -> JSONResponse:
+async def _store(request: Request, gateway: GatewayDep, caller: ExplainCaller,
+                 order_for: Callable[[Identity], Order]) -> JSONResponse:
+    """Submit each instance of the request as ``order_for`` says; answer the Store Instances Response."""
     settings = gateway.settings
     body = await read_body_limited(request, settings.stow_max_bytes)
     parts = split_parts(body, request.headers.get("content-type", ""))
