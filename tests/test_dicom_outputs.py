@@ -323,3 +323,21 @@ def test_stow_of_nothing_usable_is_a_conflict_and_of_no_multipart_a_415(client):
     assert Dataset.from_json(response.json()).FailedSOPSequence[0].FailureReason == CANNOT_UNDERSTAND
     plain = client.post("/dicomweb/studies", content=radiograph()[0], headers={"Content-Type": "application/dicom"})
     assert plain.status_code == 415 and error_code(plain) == "invalid_stow_request"
+
+
+def test_a_comparison_writes_each_methods_instances_into_the_same_three_series(client, settings):
+    data, _ = radiograph()
+    job = _finished(client, _comparison(client, settings, data))
+    names = [n for n in job["result"]["files"] if n.endswith(".dcm")]
+    assert names == [f"{m}/{kind}.dcm" for m in ("grad_cam", "saliency") for kind in ("pm", "sc", "sr")]
+    parts = [pydicom.dcmread(io.BytesIO(p)) for p in _multipart_parts(client.get(f"/v1/jobs/{job['job_id']}/dicom"))]
+    assert len({p.SeriesInstanceUID for p in parts}) == 3 and len({p.SOPInstanceUID for p in parts}) == 6
+    captions = sorted(p.ImageComments for p in parts if p.Modality != "SR" and "ImageComments" in p)
+    assert [c.split(": ")[1].split(",")[0] for c in captions] == ["grad_cam", "saliency"]
+
+
+def _comparison(client, settings, data) -> str:
+    response = submit(client, data, method="saliency,grad_cam", outputs="dicom")
+    assert response.status_code == 202, response.text
+    work(settings)
+    return response.json()["job_id"]
