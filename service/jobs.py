@@ -212,8 +212,10 @@ def fetch_owned(gateway: Gateway, job_id: str, principal: Principal) -> Job:
 
 
 def fail_if_abandoned(gateway: Gateway, job: Job) -> Job:
-    """A 'started' job whose worker stopped heartbeating is moved to failed by RQ's own cleanup."""
-    if job.get_status(refresh=True) == JobStatus.STARTED:
+    """A 'started' job whose worker stopped heartbeating is moved to failed by RQ's own cleanup.
+
+    ``job`` was just fetched, so its status is fresh: a poll of a running job costs one round trip."""
+    if job.get_status(refresh=False) == JobStatus.STARTED:
         StartedJobRegistry(job.origin, connection=gateway.redis, serializer=JSONSerializer).cleanup()
         job.refresh()
     return job
