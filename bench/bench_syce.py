@@ -1,5 +1,10 @@
-"""SyCE speed, measured side by side in one run:
+"""SyCE speed and counterfactual quality, measured on the held-out test split of a demo model:
 
+0. (``--parts quality``) per variant (SyCE, CyCE): flip rate (the adversarial image of each image
+   flips its decision), stable rate (SyCE: G(G(x)) keeps it) and transfer rate (the change
+   ``G(a) - a`` of one image added to another image of the same decision flips that one; a high
+   transfer rate means the generator paints a universal adversarial texture, not a counterfactual
+   of the image; ``models.training.syce.transfer_rate``);
 1. latency per image of SyCE against integrated gradients (50 steps, the catalogue's defaults) on the
    same model and the same input, as a ratio;
 2. throughput of SyCE explaining n images as one batch (what the fast worker does with n queued
@@ -10,7 +15,8 @@ artifact) is printed too. Each figure is the median of ``--repeats`` runs after 
 two sides of each ratio timed alternately so that a change in machine load affects both.
 
 Usage:
-    .venv/bin/python bench/bench_syce.py [--model busi-malignancy] [--device cpu] [--repeats 9] [--threads N]
+    .venv/bin/python bench/bench_syce.py [--model busi-malignancy] [--parts quality,speed] [--device cpu]
+        [--repeats 9] [--threads N] [--donors 32] [--demo-dir models/demo]
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from models.artifacts.syce import load_artifact
 from models.loader import load_classifier
 from models.manifest import ModelManifest
 from models.training import demo
+from models.training.syce import evaluate_pair, transfer_rate
 from workers.explainers.integrated_gradients import IntegratedGradients
 from workers.explainers.syce import SyCE
 from xai.methods import CATALOGUE
@@ -58,21 +66,60 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def quality(
+    classifier: torch.nn.Module,
+    folder: Path,
+    manifest: ModelManifest,
+    images: torch.Tensor,
+    device: torch.device,
+    donors: int,
+) -> dict:
+    """Flip, stable and transfer rate of each shipped variant on ``images``."""
+    report = {}
+    for variant in ("syce", "cyce"):
+        if variant not in manifest.artifacts:
+            continue
+        pair = load_artifact(folder / manifest.artifacts[variant], device)
+        own = evaluate_pair(classifier, pair, images, device)
+        report[variant] = {**own, **transfer_rate(classifier, pair, images, device, donors)}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="busi-malignancy", choices=sorted(demo.DEMOS))
+    parser.add_argument("--parts", default="quality,speed", help="quality, speed or both, comma-separated")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--donors", type=int, default=32, help="images per side whose change is transferred")
+    parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder of the demo models")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    folder = DEMO_DIR / args.model
+    folder = args.demo_dir / args.model
     manifest = ModelManifest.model_validate_json((folder / "manifest.json").read_text())
     classifier = load_classifier(manifest, folder / manifest.weights_file, device)
     _, test = demo.DEMOS[args.model].splits(demo.DEFAULT_DATA_ROOT, manifest.input)
-    images = test.images[: max(BATCHES)].to(device)
+    parts = args.parts.split(",")
+    if "quality" in parts:
+        figures = quality(classifier, folder, manifest, test.images, device, args.donors)
+        print(json.dumps({"model": args.model, "split": "test", "quality": figures}, indent=2), flush=True)
+    if "speed" in parts:
+        print(json.dumps(speed(classifier, folder, manifest, test.images, device, args.repeats), indent=2))
+
+
+def speed(
+    classifier: torch.nn.Module,
+    folder: Path,
+    manifest: ModelManifest,
+    test_images: torch.Tensor,
+    device: torch.device,
+    repeats: int,
+) -> dict:
+    """Part 1 and 2 of the module docstring."""
+    images = test_images[: max(BATCHES)].to(device)
     with torch.no_grad():
         targets = classifier(images).argmax(1).tolist()
 
@@ -87,11 +134,11 @@ def main() -> None:
     syce_s, ig_s = paired_median_seconds(
         lambda: syce.explain(one, targets[:1], syce_params),
         lambda: integrated.explain(one, targets[:1], ig_params),
-        args.repeats,
+        repeats,
         device,
     )
     report = {
-        "model": args.model,
+        "model": manifest.id,
         "input": list(images.shape[1:]),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
@@ -104,7 +151,7 @@ def main() -> None:
         batched, one_by_one = paired_median_seconds(
             lambda n=n: syce.explain(images[:n], targets[:n], syce_params),
             lambda n=n: [syce.explain(images[i : i + 1], targets[i : i + 1], syce_params) for i in range(n)],
-            args.repeats,
+            repeats,
             device,
         )
         report["batching"].append(
@@ -115,7 +162,7 @@ def main() -> None:
                 "speedup": round(one_by_one / batched, 2),
             }
         )
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder of the demo models")
     args = parser.parse_args()
     if args.dataset:  # the dataset's settings, except those given on the command line
         for key, value in DATASETS[args.dataset].items():
@@ -166,7 +167,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model_dir = DEMO_DIR / args.model
+    model_dir = args.demo_dir / args.model
     manifest = ModelManifest.model_validate_json((model_dir / "manifest.json").read_text())
     classifier = load_classifier(manifest, model_dir / manifest.weights_file, args.device)
     explainers = build_explainers(classifier, manifest, model_dir)

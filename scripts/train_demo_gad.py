@@ -8,7 +8,8 @@ script then sets ``"gad": "artifacts/gad"`` in the manifest's ``artifacts`` map 
 else in it. Checkpoints go to ``var/gad-demo/<id>/``, so an interrupted run resumes.
 
 Usage:
-    .venv/bin/python scripts/train_demo_gad.py [--models id,id] [--device cpu] [--epochs N]
+    .venv/bin/python scripts/train_demo_gad.py [--models id,id] [--device cpu] [--epochs N] [--threads 1]
+        [--demo-dir models/demo] [--work-dir var/gad-demo]
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def training_images(manifest: ModelManifest) -> torch.Tensor:
     return train_split.images
 
 
-def train_demo(model_id: str, device: str, epochs: int | None) -> dict:
-    folder = DEMO_DIR / model_id
+def train_demo(
+    model_id: str, device: str, epochs: int | None, demo_dir: Path = DEMO_DIR, work_dir: Path = WORK_DIR
+) -> dict:
+    folder = demo_dir / model_id
     manifest_path = folder / "manifest.json"
     manifest = ModelManifest.model_validate_json(manifest_path.read_text())
     classifier = load_classifier(manifest, folder / manifest.weights_file, device)
@@ -58,14 +61,14 @@ def train_demo(model_id: str, device: str, epochs: int | None) -> dict:
         params["epochs"] = epochs
     started = time.perf_counter()
     summary = train(
-        classifier, images, WORK_DIR / model_id, params,
+        classifier, images, work_dir / model_id, params,
         lambda fraction, note: print(f"  {model_id} {fraction:6.1%} {note or ''}", flush=True), device,
     )
     target = folder / "artifacts" / "gad"
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(exist_ok=True)
-    shutil.copytree(WORK_DIR / model_id / ARTIFACT_DIR, target)
+    shutil.copytree(work_dir / model_id / ARTIFACT_DIR, target)
     # Only the "gad" entry of the manifest changes; every other field is written back as read.
     raw = json.loads(manifest_path.read_text())
     raw.setdefault("artifacts", {})["gad"] = "artifacts/gad"
@@ -80,11 +83,19 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="demo ids (default: every demo model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of SETTINGS")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
+    parser.add_argument(
+        "--demo-dir", type=Path, default=DEMO_DIR,
+        help="folder of the demo models (a staging copy, to measure before replacing the shipped files)",
+    )
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="checkpoints (one per model)")
     args = parser.parse_args()
-    shipped = sorted(path.parent.name for path in DEMO_DIR.glob("*/manifest.json"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shipped = sorted(path.parent.name for path in args.demo_dir.glob("*/manifest.json"))
     ids = args.models.split(",") if args.models else shipped
     for model_id in ids:
-        train_demo(model_id, args.device, args.epochs)
+        train_demo(model_id, args.device, args.epochs, args.demo_dir, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ from torch import nn
 from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, widths_for_size
 from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
-from models.training.syce import CHECKPOINT_NAME, gradient_penalty, train
+from models.training.syce import (
+    CHECKPOINT_NAME,
+    evaluate_pair,
+    gradient_penalty,
+    train,
+    transfer_rate,
+    transferred,
+)
 from workers.explainers.cyce import CyCE
 from workers.explainers.syce import SyCE
 from workers.precision import explain_autocast_or_float32
@@ -248,6 +255,59 @@ def hand_set_explainer(cls, trained, generators) -> SyCE | CyCE:
     explainer = cls(HalvesClassifier(), artifacts=trained[cls.variant] / "artifact")
     explainer.pair = GeneratorPair(cls.variant, 1, generators, explainer.pair.config)
     return explainer
+
+
+class Constant(nn.Module):
+    """A hand-set generator that returns one fixed image whatever it is given."""
+
+    def __init__(self, image: torch.Tensor):
+        super().__init__()
+        self.image = image
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image.expand_as(images).clone()
+
+
+def halves(left: float, right: float) -> torch.Tensor:
+    image = torch.full((1, 1, SIZE, SIZE), right)
+    image[..., : SIZE // 2] = left
+    return image
+
+
+def test_transfer_rate_counts_the_pairs_another_images_change_flips():
+    # Class-1 images with left - right = d in {0.1, 0.3, 0.5, 0.7}; the generator maps every image to
+    # one image with d = -0.1, so each own change flips its image. Image a's change added to image b
+    # gives d_b - d_a - 0.1 (no clipping here): it flips b exactly when d_b < d_a, 6 of the 12 pairs.
+    gaps = (0.1, 0.3, 0.5, 0.7)
+    images = torch.cat([halves(0.5 + d / 2, 0.5 - d / 2) for d in gaps])
+    target = halves(0.45, 0.55)
+    pair = GeneratorPair("cyce", 1, (Constant(target), Constant(target)), {})
+    classifier = HalvesClassifier()
+    assert evaluate_pair(classifier, pair, images, "cpu")["flip_rate"] == 1.0
+    figures = transfer_rate(classifier, pair, images, "cpu")
+    assert figures == {"transfer_rate": 0.5, "transfer_rate_by_side": [None, 0.5], "transfer_pairs": 12}
+    # Only the first two images give their change: d_a = 0.1 flips none of 3, d_a = 0.3 flips 1 of 3.
+    assert transfer_rate(classifier, pair, images, "cpu", donors=2)["transfer_rate"] == round(1 / 6, 4)
+
+
+def test_specificity_term_carries_each_change_to_the_next_image_of_the_batch(tmp_path):
+    source = torch.tensor([0.1, 0.5, 0.9]).reshape(3, 1, 1, 1)
+    generated = torch.tensor([0.3, 0.4, 0.2]).reshape(3, 1, 1, 1)  # changes +0.2, -0.1, -0.7
+    # Image i gets the change of image i - 1 (the first the last's), clipped to [0, 1].
+    assert torch.allclose(transferred(source, generated).flatten(), torch.tensor([0.0, 0.7, 0.8]))
+    params = {**FAST, "epochs": 1, "weight_specificity": 1.0}
+    summary = train(HalvesClassifier(), halves_images(16), tmp_path, params, no_progress, "cpu")
+    assert "specificity" in summary["final"]["losses"]
+    assert training_spec("syce").resolve_params({})["weight_specificity"] == 0.0  # the paper's objective
+
+
+def test_a_universal_patch_transfers_to_every_image():
+    # Filling the other half with bright pixels flips any image of that side, whichever image it came from.
+    images = halves_images(16)
+    right, left = (slice(None), slice(SIZE // 2, None)), (slice(None), slice(None, SIZE // 2))
+    pair = GeneratorPair("cyce", 1, (AddPatch(*left, 1.0), AddPatch(*right, 1.0)), {})
+    figures = transfer_rate(HalvesClassifier(), pair, images, "cpu")
+    assert figures["transfer_rate"] == 1.0 and figures["transfer_pairs"] == 2 * 8 * 7
 
 
 def test_identity_generators_explain_nothing(trained):

@@ -17,6 +17,7 @@ from models.manifest import InputSpec, ModelManifest
 from models.store import MANIFEST_NAME, sha256_of
 from models.training import demo
 from models.training.classifier import (
+    AdversarialTraining,
     Augmentation,
     macro_roc_auc,
     roc_auc,
@@ -107,6 +108,46 @@ def test_training_is_reproducible_with_a_seed():
     ]
     first, second = (run.state_dict() for run in runs)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+class Linear(torch.nn.Module):
+    """Logit w . x for 4 x 4 images, w = +1 on the left half, -2 on the right half."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.ones(1, 1, 4, 4)
+        self.weight[..., 2:] = -2.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * self.weight).flatten(1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_attack_of_a_linear_model_moves_to_the_edge_of_the_ball_along_its_weights(norm):
+    # Raising w . x within the ball: L-infinity's optimum is eps * sign(w), reached exactly (the sign
+    # steps travel 2.5 eps in all); L2's is eps * w / ||w||, approached from the random start (each
+    # projected step shrinks the sideways part, by about exp(-2.5) in all).
+    model, images = Linear(), torch.full((3, 1, 4, 4), 0.5)
+    attack = AdversarialTraining(epsilon=0.1, steps=10, norm=norm)
+    moved = attack.attack(model, images, lambda logits: logits.sum(), torch.Generator().manual_seed(0))
+    change = (moved - images).flatten(1)
+    weight = model.weight.flatten()
+    if norm == "linf":
+        assert torch.allclose(change, 0.1 * weight.sign().expand_as(change), atol=1e-6)
+    else:
+        assert torch.allclose(change.norm(dim=1), torch.full((3,), 0.1), atol=1e-6)
+        cosine = torch.nn.functional.cosine_similarity(change, weight[None], dim=1)
+        assert (cosine > 0.97).all()
+
+
+def test_adversarial_training_is_recorded_in_the_evaluation():
+    images, labels = separable_images(32, seed=0)
+    _, evaluation = train_classifier(
+        images, labels, architecture="small_cnn", architecture_args=TINY, input_spec=SPEC,
+        class_names=["plain", "spot"], output="sigmoid", epochs=1, batch_size=16, lr=1e-2, device="cpu", seed=0,
+        augment=None, adversarial=AdversarialTraining(epsilon=0.5, steps=2, norm="l2"),
+    )
+    assert evaluation["adversarial_training"] == {"epsilon": 0.5, "steps": 2, "norm": "l2", "warmup_epochs": 0}
 
 
 def test_augmentation_keeps_range_and_shape():

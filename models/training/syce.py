@@ -12,6 +12,8 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   adversarial classification ``BCE(other side, f(G[s](x)))``, the GAN term on ``D[1-s](G[s](x))``,
   cycle reconstruction ``||x - G[1-s](G[s](x))||`` (MSE + MAE) and its classification as side ``s``;
   SyCE adds symmetry reconstruction ``||x - G[s](G[s](x))||`` and its classification as side ``s``.
+  Ours, off by default (``weight_specificity``): another image of the batch plus this image's
+  change ``G[s](x) - x`` classified as side ``s`` (``transferred``).
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -359,6 +361,10 @@ class TrainingRun:
         generated = [adversarial, cycled]
         if self.plan.variant == "syce":
             generated.append(forward(adversarial))
+        # A batch of one image has no other image to carry its change.
+        specific = w["weight_specificity"] > 0 and len(source) > 1
+        if specific:
+            generated.append(transferred(source, adversarial))
         # One classifier pass for all generated images (it is in eval mode: no batch coupling).
         log_odds = side_logit(self.classifier(torch.cat(generated)), self.plan.target_class).split(
             len(source)
@@ -377,6 +383,10 @@ class TrainingRun:
             terms["symmetry"] = w["weight_symmetry"] * mse_mae(generated[2], source)
             terms["symmetry_class"] = w["weight_symmetry_class"] * F.binary_cross_entropy_with_logits(
                 log_odds[2], own
+            )
+        if specific:
+            terms["specificity"] = w["weight_specificity"] * F.binary_cross_entropy_with_logits(
+                log_odds[-1], own
             )
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}, adversarial.detach()
@@ -513,6 +523,59 @@ def evaluate_pair(
     }
 
 
+TRANSFER_DONORS = 32
+
+
+def transfer_rate(
+    classifier: nn.Module,
+    pair: GeneratorPair,
+    images: torch.Tensor,
+    device: torch.device | str,
+    donors: int = TRANSFER_DONORS,
+) -> dict[str, Any]:
+    """Does an image's change flip other images? High means a universal texture, not a counterfactual.
+
+    Per decision side, the first ``donors`` images of that side each give their change
+    ``G(a) - a``; it is added to every other image ``b`` of the same side (clamped to [0, 1]) and the
+    classifier asked again. ``transfer_rate`` is the share of such (a, b) pairs whose decision flips;
+    compare it with ``flip_rate`` (each image's own change). Deterministic: no sampling.
+
+    Returns:
+        ``transfer_rate`` (None when no side has two images), ``transfer_rate_by_side``,
+        ``transfer_pairs``.
+    """
+    per_side: list[torch.Tensor | None] = [None, None]
+    with torch.inference_mode():
+        all_sides = pair.sides(predict_logits(classifier, images, PREDICTION_BATCH)).cpu()
+        for side in (0, 1):
+            chosen = images[all_sides == side].to(device, torch.float32)
+            if len(chosen) >= 2:
+                per_side[side] = _transferred_flips(classifier, pair, chosen, side, donors)
+    present = [flips.float() for flips in per_side if flips is not None]
+    everything = torch.cat(present) if present else torch.empty(0)
+    return {
+        "transfer_rate": round(float(everything.mean()), 4) if len(everything) else None,
+        "transfer_rate_by_side": [None if f is None else round(float(f.float().mean()), 4) for f in per_side],
+        "transfer_pairs": len(everything),
+    }
+
+
+def _transferred_flips(
+    classifier: nn.Module, pair: GeneratorPair, images: torch.Tensor, side: int, donors: int
+) -> torch.Tensor:
+    """Flip (bool) of every pair (donor a, receiver b != a) of ``images``, all decided ``side``."""
+    donor_images = images[:donors]
+    changes = pair.translate(donor_images, torch.full((len(donor_images),), side, device=images.device))
+    changes = changes.float() - donor_images
+    flipped = []
+    for index, change in enumerate(changes):
+        receivers = torch.cat([images[:index], images[index + 1 :]])
+        for chunk in receivers.split(PREDICTION_BATCH):
+            decided = pair.sides(classifier((chunk + change).clamp(0, 1)))
+            flipped.append((decided != side).cpu())
+    return torch.cat(flipped)
+
+
 def split_by_side(
     sides: torch.Tensor, validation_fraction: float, seed: int
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -521,6 +584,16 @@ def split_by_side(
     held_out = round(validation_fraction * len(sides))
     validation, training = order[:held_out].sort().values, order[held_out:].sort().values
     return validation, (training[sides[training] == 0], training[sides[training] == 1])
+
+
+def transferred(source: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """Each image plus the change ``generated - source`` of the next image of the batch, in [0, 1].
+
+    A counterfactual change is about its own image; when the change of another image flips this
+    one too, the generator paints a universal pattern (``transfer_rate`` measures that on held-out
+    images).
+    """
+    return (source + (generated - source).roll(1, dims=0)).clamp(0, 1)
 
 
 def mse_mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

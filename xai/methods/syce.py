@@ -26,6 +26,8 @@ VARIANTS = ("syce", "cyce")
 #   weight_gan             generator's GAN term, BCE(real, D'(G(x)))
 #   weight_discriminator   discriminators' real/fake BCE
 #   weight_gradient_penalty  (||grad D(interpolate)|| - 1)^2 on the discriminators
+#   weight_specificity     BCE(own side, f(x' + G(x) - x)) for another image x' of the batch (ours,
+#                          not in the paper; default 0 = the paper's objective)
 # The paper's tables as printed: one row of values per problem, in the order of the variant's columns.
 _PRESET_COLUMNS = {
     "syce": (
@@ -108,6 +110,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
         _weight("weight_gan", "Generator GAN term"),
         _weight("weight_discriminator", "Discriminator real/fake term"),
         _weight("weight_gradient_penalty", "Gradient penalty on the discriminators"),
+        Param(
+            "weight_specificity", "float", 0.0,
+            "Not in the paper: another image of the batch plus this image's change G(x) - x must keep "
+            "its decision, so that the change is a counterfactual of x and not a universal adversarial "
+            "pattern (which a fragile classifier admits); 0 = the paper's objective", 0.0, 1000.0,
+        ),
         Param(
             "base_width", "int", 16, "Generator width at full resolution (doubles per level, max 4x)", 4, 64
         ),
