@@ -30,7 +30,6 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from highdicom.spatial import get_closest_patient_orientation
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
@@ -95,10 +94,6 @@ class SeriesUids:
     sc: str = field(default_factory=hd.UID)
     pm: str = field(default_factory=hd.UID)
     sr: str = field(default_factory=hd.UID)
-
-
-def read_source(blob: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(blob))
 
 
 def write(source: Dataset, overlay_rgb: np.ndarray, heatmap: np.ndarray, explained: Explained,

@@ -23,7 +23,6 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
 from workers import claim as claims
-from workers.delivery import deliver
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.errors import ErrorCode, JobCancelled, ServiceError
@@ -118,6 +117,8 @@ def send_dicom(ctx: WorkerContext, job_id: str, files: list[str], destination: s
         delivery = Delivery(destination=destination, status="failed", updated_at=datetime.now(UTC).isoformat(),
                             reason=f"destination {destination!r} is no longer in XAI_DICOMWEB_DESTINATIONS")
     else:
+        from workers.delivery import deliver  # dicomweb-client only where something is sent
+
         instances = [ctx.results.get(job_id, name) for name in files if name.endswith(".dcm")]
         delivery = deliver(instances, destination, config, attempts=settings.dicomweb_attempts,
                            backoff_s=settings.dicomweb_backoff_s, timeout_s=settings.dicomweb_timeout_s)

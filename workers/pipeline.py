@@ -11,18 +11,20 @@ reporting this job's share.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 import torch
 from pydicom.dataset import Dataset
 from redis import Redis
 
 from models.preprocess import to_model_input
-from workers import dicom_results, render, scoring
+from workers import render, scoring
 from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
 from xai.errors import NotFound, ServiceError
@@ -155,7 +157,7 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
         display=display,
         native=None if native_blob is None else decode_canonical(native_blob),
         annotation=None if annotation_blob is None else decode_canonical(annotation_blob) > 0.5,
-        source=None if source_blob is None else dicom_results.read_source(source_blob),
+        source=None if source_blob is None else pydicom.dcmread(io.BytesIO(source_blob)),
     )
 
 
@@ -242,6 +244,9 @@ def _add_dicom(
     index: int, prediction: dict, target: int,
 ) -> dict:
     """Write each method's DICOM results into ``files``; what the job's metrics say of them."""
+    # highdicom only for outputs=dicom jobs: a worker starts faster without it.
+    from workers import dicom_results
+
     manifest, job = loaded.manifest, member.job
     series = dicom_results.SeriesUids()
     notes = []
