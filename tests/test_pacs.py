@@ -34,7 +34,7 @@ from models.store import ModelStore
 from tests.conftest import DEMO_DIR, SHARED_DATA
 from tests.live import KEYS, LiveService, free_port, live_settings, serve, start_worker
 from tests.orthanc import Orthanc, missing
-from tests.test_dicom_outputs import DROPPED_MARKERS, FILED_MARKERS, MARKERS, stow_body
+from tests.test_dicom_outputs import DROPPED_MARKERS, FILED_MARKERS, MARKERS, _sr_numbers, stow_body
 from workers import render
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason="Orthanc with its DICOMweb plugin is not installed: "
@@ -169,19 +169,6 @@ def test_orthanc_sends_a_chest_xray_and_gets_the_explanation_filed_in_its_study(
     Image.fromarray(sc.pixel_array).save(artifacts / "secondary_capture.png")
     levels = (pm.pixel_array >> 4).astype(np.uint8)  # 12-bit levels, shown through the map's own colours
     Image.fromarray(render.colourise(levels)).save(artifacts / "parametric_map.png")
-
-
-def _sr_numbers(sr: Dataset) -> dict[str, float]:
-    found = {}
-
-    def walk(items):
-        for item in items:
-            if item.ValueType == "NUM":
-                found[item.ConceptNameCodeSequence[0].CodeMeaning] = float(item.MeasuredValueSequence[0].NumericValue)
-            walk(item.get("ContentSequence", []))
-
-    walk(sr.ContentSequence)
-    return found
 
 
 def test_a_failed_delivery_keeps_the_results_and_a_resend_files_them(service, pacs):
