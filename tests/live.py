@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +79,17 @@ def serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
     return server, thread
 
 
-@pytest.fixture(scope="module")
-def live_service(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("live")
+@contextmanager
+def running_service(folder: Path, models: tuple[str, ...] = DEMO_MODELS, worker_env: dict[str, str] | None = None,
+                    **overrides) -> Iterator[LiveService]:
+    """Redis, a worker process and the gateway in ``folder`` with ``models`` registered, stopped on exit.
+    ``worker_env`` passes settings the worker reads from its environment (its ``overrides``' twins)."""
     redis = EmbeddedRedis(folder / "redis", appendonly=False).start()
-    settings = live_settings(redis.url, folder / "var")
+    settings = live_settings(redis.url, folder / "var", **overrides)
     store = ModelStore(settings.model_store_dir)
-    for name in DEMO_MODELS:
+    for name in models:
         store.register_directory(DEMO_DIR / name)
-    worker = start_worker(settings)
+    worker = start_worker(settings, worker_env)
     server, thread = serve(settings)
     try:
         yield LiveService(f"http://127.0.0.1:{settings.port}", settings, worker)
@@ -95,6 +99,12 @@ def live_service(tmp_path_factory):
         worker.terminate()
         worker.wait(10)
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def live_service(tmp_path_factory):
+    with running_service(tmp_path_factory.mktemp("live")) as service:
+        yield service
 
 
 def read_events(response: httpx.Response) -> list[tuple[str, dict]]:

@@ -41,11 +41,8 @@ DROPPED_MARKERS = {  # nothing keeps these
 MARKERS = FILED_MARKERS | DROPPED_MARKERS
 
 
-def radiograph(*, geometry: bool = True, digit: int = 3, syntax=ExplicitVRLittleEndian, photometric="MONOCHROME2",
-               modality: str = "DX", markers: bool = True) -> tuple[bytes, Dataset]:
-    """A real MNIST digit as a DX instance with marker strings in every identifying attribute; with
-    ``geometry`` it has the frame of reference and plane a Parametric Map needs."""
-    pixels = mnist_digit(digit).astype(np.uint16) * 16
+def dx_instance() -> Dataset:
+    """An empty DX For Presentation instance: file meta, new SOP, study and series UIDs."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
@@ -53,6 +50,15 @@ def radiograph(*, geometry: bool = True, digit: int = 3, syntax=ExplicitVRLittle
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    return ds
+
+
+def radiograph(*, geometry: bool = True, digit: int = 3, syntax=ExplicitVRLittleEndian, photometric="MONOCHROME2",
+               modality: str = "DX", markers: bool = True) -> tuple[bytes, Dataset]:
+    """A real MNIST digit as a DX instance with marker strings in every identifying attribute; with
+    ``geometry`` it has the frame of reference and plane a Parametric Map needs."""
+    pixels = mnist_digit(digit).astype(np.uint16) * 16
+    ds = dx_instance()
     ds.Modality, ds.BodyPartExamined, ds.PatientSex, ds.StudyDate, ds.StudyTime = modality, "CHEST", "F", "", ""
     for keyword, value in (MARKERS if markers else {}).items():
         setattr(ds, keyword, value)

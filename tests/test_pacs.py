@@ -21,20 +21,23 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
-    DigitalXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
     JPEGLSLossless,
     generate_uid,
 )
 
-from app.embedded import EmbeddedRedis
-from models.store import ModelStore
-from tests.conftest import DEMO_DIR, SHARED_DATA
-from tests.live import KEYS, LiveService, free_port, live_settings, serve, start_worker
+from tests.conftest import SHARED_DATA
+from tests.live import KEYS, free_port, running_service
 from tests.orthanc import Orthanc, missing
-from tests.test_dicom_outputs import DROPPED_MARKERS, FILED_MARKERS, MARKERS, _sr_numbers, stow_body
+from tests.test_dicom_outputs import (
+    DROPPED_MARKERS,
+    FILED_MARKERS,
+    MARKERS,
+    _sr_numbers,
+    dx_instance,
+    stow_body,
+)
 from workers import render
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason="Orthanc with its DICOMweb plugin is not installed: "
@@ -47,13 +50,8 @@ IMAGE = SHARED_DATA / "nih_cxr14_bbox" / "images" / "00000211_019.png"  # a held
 def chest_xray(*, compressed: bool = False) -> tuple[bytes, Dataset]:
     """The NIH PNG as a 12-bit DX instance with plane geometry and marker strings in its identifying attributes."""
     pixels = np.asarray(Image.open(IMAGE).convert("L")).astype(np.uint16) * 16
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds = dx_instance()
+    ds.FrameOfReferenceUID = generate_uid()
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition, ds.PatientSex = "DX", "CHEST", "PA", "M"
     ds.StudyDate, ds.StudyTime, ds.SeriesNumber, ds.InstanceNumber = "20261203", "101500", 1, 1
     for keyword, value in MARKERS.items():
@@ -88,22 +86,11 @@ def service(tmp_path_factory, pacs):
                     "down": {"url": f"http://127.0.0.1:{free_port()}/dicom-web"}}
     routes = [{"modality": "DX", "body_part_examined": "CHEST", "model_id": MODEL, "methods": ["grad_cam"],
                "outputs": ["dicom"], "destination": "pacs"}]
-    redis = EmbeddedRedis(folder / "redis", appendonly=False).start()
-    settings = live_settings(redis.url, folder / "var", dicomweb_destinations=destinations, dicom_routes=routes,
-                             dicomweb_attempts=2, dicomweb_backoff_s=0.1, dicomweb_timeout_s=10)
-    ModelStore(settings.model_store_dir).register_directory(DEMO_DIR / MODEL)
-    worker = start_worker(settings, extra_env={
-        "XAI_DICOMWEB_DESTINATIONS": json.dumps(destinations), "XAI_DICOMWEB_ATTEMPTS": "2",
-        "XAI_DICOMWEB_BACKOFF_S": "0.1", "XAI_DICOMWEB_TIMEOUT_S": "10"})
-    server, thread = serve(settings)
-    try:
-        yield LiveService(f"http://127.0.0.1:{settings.port}", settings, worker)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        worker.terminate()
-        worker.wait(10)
-        redis.stop()
+    worker_env = {"XAI_DICOMWEB_DESTINATIONS": json.dumps(destinations), "XAI_DICOMWEB_ATTEMPTS": "2",
+                  "XAI_DICOMWEB_BACKOFF_S": "0.1", "XAI_DICOMWEB_TIMEOUT_S": "10"}
+    with running_service(folder, (MODEL,), worker_env, dicomweb_destinations=destinations, dicom_routes=routes,
+                         dicomweb_attempts=2, dicomweb_backoff_s=0.1, dicomweb_timeout_s=10) as service:
+        yield service
 
 
 def _ended(client, job_id: str, timeout_s: float = 120) -> dict:
