@@ -46,6 +46,8 @@ def add_client_commands(commands) -> None:
                          "Capture, Parametric Map and Structured Report filed in the source's study (DICOM inputs)")
     explain.add_argument("--destination", default=None, help="a configured DICOMweb destination the DICOM results "
                          "are sent to")
+    explain.add_argument("--faithfulness", action="store_true", help="also score each heatmap by deletion and "
+                         "insertion AUC (always on for a comparison of several methods)")
     explain.add_argument("--out", type=Path, default=Path("xai-results"), help="folder for the result files")
     _connection_arguments(explain, listing=False)
     explain.set_defaults(run=_client(_explain), client=True)
@@ -146,6 +148,8 @@ def _submit(http: httpx.Client, path: Path, args) -> Accepted:
     if args.target is not None:
         form["target"] = args.target
     form |= {field: getattr(args, field) for field in ("outputs", "destination") if getattr(args, field)}
+    if args.faithfulness:
+        form["faithfulness"] = "true"
     with path.open("rb") as upload:
         response = _call(http, "POST", "/v1/explanations", data=form, files={"file": (path.name, upload)})
     return Accepted.model_validate(response.json())
@@ -208,15 +212,19 @@ def _download(http: httpx.Client, job: JobStatus, folder: Path) -> None:
 def _summary(path: Path, job: JobStatus, folder: Path) -> str:
     metrics = job.result.metrics
     prediction = metrics.prediction
-    rows = metrics.comparison or [{"method": metrics.method["name"], "deletion_auc":
-                                   metrics.faithfulness["deletion_auc"], "insertion_auc":
-                                   metrics.faithfulness["insertion_auc"], "complexity":
-                                   metrics.complexity["area_fraction"]}]
+    rows = metrics.comparison or [{"method": metrics.method["name"], "complexity": metrics.complexity["area_fraction"]}
+                                  | _faithfulness_columns(metrics.faithfulness)]
     lines = [f"{path}: {prediction['class_name']} ({prediction['score']:.3f}), explained for "
              f"{metrics.target['class_name']}; {job.result.timing.total_ms:.0f} ms; files in {folder}"]
-    lines += [f"  {row['method']:<24} deletion AUC {row['deletion_auc']:.3f}  insertion AUC "
-              f"{row['insertion_auc']:.3f}  area {row['complexity']:.3f}" for row in rows]
+    for row in rows:
+        scored = (f"deletion AUC {row['deletion_auc']:.3f}  insertion AUC {row['insertion_auc']:.3f}  "
+                  if "deletion_auc" in row else "")
+        lines.append(f"  {row['method']:<24} {scored}area {row['complexity']:.3f}")
     return "\n".join(lines)
+
+
+def _faithfulness_columns(faithfulness: dict | None) -> dict:
+    return {key: faithfulness[key] for key in ("deletion_auc", "insertion_auc")} if faithfulness else {}
 
 
 def _jobs(http: httpx.Client, args) -> int:

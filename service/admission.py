@@ -16,6 +16,7 @@ from xai.errors import Overloaded
 RATE_WINDOW_S = 60
 STORAGE_RETRY_S = 60
 QUEUE_RETRY_S = 5
+MEMORY_INFO_MAX_AGE_S = 0.5
 
 
 def admit(gateway: Gateway, principal: Principal, queue: str) -> None:
@@ -25,7 +26,7 @@ def admit(gateway: Gateway, principal: Principal, queue: str) -> None:
         Overloaded: ``rate_limited`` (429), ``queue_full`` (429) or ``storage_full`` (503).
     """
     settings = gateway.settings
-    _check_memory(gateway.redis, settings.redis_memory_headroom)  # first: the rate check writes
+    _check_memory(gateway, settings.redis_memory_headroom)  # first: the rate check writes
     if settings.rate_limit_per_minute:
         _check_rate(gateway.redis, principal.name, settings.rate_limit_per_minute)
     if settings.max_queue_depth and gateway.queues[queue].count >= settings.max_queue_depth:
@@ -45,12 +46,28 @@ def _check_rate(redis: Redis, name: str, per_minute: int) -> None:
                          code="rate_limited", retry_after_s=max(retry, 1))
 
 
-def _check_memory(redis: Redis, headroom: float) -> None:
+def _check_memory(gateway: Gateway, headroom: float) -> None:
     """Refuse before Redis would (``noeviction`` answers OOM to writes past ``maxmemory``): a job refused
     here is refused whole, while a write refused by Redis could strike mid-way through accepting it."""
-    memory = redis.info("memory")
+    memory = _memory_info(gateway, headroom)
     limit = memory.get("maxmemory", 0)
     if limit and memory["used_memory"] > limit * (1 - headroom):
         raise Overloaded(f"Redis uses {memory['used_memory'] // 2**20} of its {limit // 2**20} MiB; new jobs are "
                          "refused until finished ones expire or are deleted", code="storage_full",
                          retry_after_s=STORAGE_RETRY_S)
+
+
+def _memory_info(gateway: Gateway, headroom: float) -> dict:
+    """Redis's INFO memory; a reading under ``MEMORY_INFO_MAX_AGE_S`` old is reused while it was far from the
+    limit (INFO is one of the costlier commands to run and parse). Near the limit every request reads it."""
+    seen = gateway.memory_reading
+    if seen and time.monotonic() - seen["at"] <= MEMORY_INFO_MAX_AGE_S and _far_from_limit(seen["info"], headroom):
+        return seen["info"]
+    info = gateway.redis.info("memory")
+    gateway.memory_reading.update(at=time.monotonic(), info=info)
+    return info
+
+
+def _far_from_limit(memory: dict, headroom: float) -> bool:
+    limit = memory.get("maxmemory", 0)
+    return not limit or memory["used_memory"] < limit * (1 - 2 * headroom)

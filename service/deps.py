@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -31,6 +31,8 @@ class Gateway:
     queues: dict[str, Queue]
     results: ResultStore
     signer: UrlSigner
+    # service.admission's last INFO memory reading of this gateway's Redis: {"at": monotonic s, "info": {...}}
+    memory_reading: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
@@ -50,7 +52,9 @@ class Principal:
     callback_secret: str | None = None
 
 
-def get_gateway(request: Request) -> Gateway:
+# The dependencies below do no I/O, so they are coroutines: FastAPI runs a plain function dependency on the
+# thread pool, and those hand-offs were the largest part of a small request's cost.
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
@@ -62,7 +66,7 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 
-def authenticate(gateway: GatewayDep, credentials: Credentials) -> Principal:
+async def authenticate(gateway: GatewayDep, credentials: Credentials) -> Principal:
     """Bearer API key -> Principal. With no keys configured (loopback only) every caller is 'local'."""
     keys = gateway.settings.api_keys
     if not keys:
@@ -76,7 +80,7 @@ def authenticate(gateway: GatewayDep, credentials: Credentials) -> Principal:
     raise Unauthorized("the API key is not valid", code="invalid_api_key")
 
 
-def read_file_as(
+async def read_file_as(
     gateway: GatewayDep, credentials: Credentials, job_id: str, name: str,
     expires: Annotated[str | None, Query(description="expiry of a signed URL (from result.files)")] = None,
     by: Annotated[str | None, Query(description="owner named by a signed URL")] = None,
@@ -84,13 +88,13 @@ def read_file_as(
 ) -> Principal:
     """A result file's reader: the owner a valid signed URL names (an <img> sends no header), else the key."""
     if sig is None:
-        return authenticate(gateway, credentials)
+        return await authenticate(gateway, credentials)
     gateway.signer.verify(job_id, name, by or "", expires or "", sig)
     return Principal(by, ())
 
 
 def require(scope: str):
-    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if scope not in principal.scopes:
             raise Forbidden(f"this API key lacks the {scope!r} scope", code="insufficient_scope")
         return principal

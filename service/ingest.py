@@ -53,6 +53,9 @@ def ingest_upload(data: bytes, *, frame: int | None = None, limits: DecodeLimits
     return decode_image(data, frame=frame, limits=limits)
 
 
+PARALLEL_RESIZE_PIXELS = 1024 * 1024
+
+
 def job_inputs(
     job_id: str, pixels: np.ndarray, spec: InputSpec, *, display_max_side: int, keep_native: bool,
     annotation: np.ndarray | None = None,
@@ -61,16 +64,22 @@ def job_inputs(
 
     - the image at the model's input size, resized here exactly as the worker's torch resize would
       (``xai.imaging.resize``), so the classifier sees what it would have seen of the full upload;
-    - a uint8 display copy at most ``display_max_side`` on the long side, for the overlay;
+    - a uint8 display copy at most ``display_max_side`` on the long side, for the overlay (its resize
+      may pre-reduce: it is only looked at);
     - the upload itself only for patch mode (``keep_native``), which explains it at its own resolution;
     - the annotation at the model's input size, where localisation is scored.
     """
     height, width = pixels.shape[:2]
-    with ThreadPoolExecutor(max_workers=2) as pool:  # two passes over a large upload, side by side (no GIL)
-        model_size = pool.submit(resize, pixels, spec.height, spec.width)
-        display = pool.submit(resize, pixels, *fit_within(height, width, display_max_side))
-        inputs = {input_key(job_id): encode_canonical(model_size.result()),
-                  display_key(job_id): encode_display(display.result())}
+    display_size = fit_within(height, width, display_max_side)
+    if height * width < PARALLEL_RESIZE_PIXELS:  # a thread pool costs a small upload more than it saves
+        model_size = resize(pixels, spec.height, spec.width)
+        display = resize(pixels, *display_size, for_display=True)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # two passes over a large upload, side by side (no GIL)
+            model_future = pool.submit(resize, pixels, spec.height, spec.width)
+            display = resize(pixels, *display_size, for_display=True)
+            model_size = model_future.result()
+    inputs = {input_key(job_id): encode_canonical(model_size), display_key(job_id): encode_display(display)}
     if keep_native:
         inputs[native_key(job_id)] = encode_canonical(pixels)
     if annotation is not None:

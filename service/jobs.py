@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel
+from redis.client import Pipeline
 from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -39,6 +40,7 @@ from xai.jobs import (
     ExplainJob,
     ExplainResult,
     Stage,
+    announce_end,
     cancel_key,
     idempotency_key,
     input_keys,
@@ -48,6 +50,7 @@ from xai.jobs import (
 )
 from xai.persistence import mark_patient_data_deleted
 from xai.results import JOB_ID
+from xai.settings import Settings
 from xai.wire import decode_heatmap, npy_bytes
 
 TERMINAL = ("finished", "failed", "canceled")
@@ -94,48 +97,47 @@ def enqueue(
     gateway: Gateway, queue_name: str, entry: str, request: BaseModel, *, owner: str,
     inputs: dict[str, bytes] | None = None, idempotency: str | None = None, callback: CallbackDelivery | None = None,
 ) -> Job:
-    """Store the inputs (if any) with a TTL, then enqueue ``entry`` by dotted path with the typed request.
+    """Store the inputs (if any) with a TTL and enqueue ``entry`` by dotted path with the typed request.
 
-    With ``callback`` the job is put in the callback outbox, which the gateways' couriers deliver from.
+    One transaction: the inputs, the job, its owner's index and the callback outbox are written together
+    or not at all, in one round trip. With ``callback`` the job is put in the callback outbox, which the
+    gateways' couriers deliver from.
     """
     settings = gateway.settings
-    if inputs:
-        with gateway.redis.pipeline(transaction=False) as pipe:
-            for key, blob in inputs.items():
-                pipe.set(key, blob, ex=settings.input_ttl_s)
-            pipe.execute()
     meta = {"owner": owner, "stage": Stage.QUEUED.value, "progress": 0.0}
     if idempotency:
         meta["idempotency"] = idempotency_key(owner, idempotency)
     if callback:
         meta["callback"] = callback.model_dump()
-    job = gateway.queues[queue_name].enqueue(
-        entry,
-        request.model_dump(mode="json"),
-        job_id=request.job_id,
-        job_timeout=settings.timeout_for(queue_name),
-        result_ttl=settings.result_ttl_s,
-        failure_ttl=settings.failure_ttl_s,
-        meta=meta,
-        # Every job is idempotent (its inputs stay until it ends; training resumes from its checkpoint), so
-        # one whose worker died is run once more before it fails worker_lost. RQ's abandoned-job cleanup
-        # does the re-queue; the worker spends the retry on nothing else (ExplainWorker.handle_job_failure).
-        retry=Retry(max=WORKER_LOST_RETRIES),
-    )
-    _index_by_owner(gateway, owner, job.id)
-    if callback:
-        gateway.redis.zadd(CALLBACK_OUTBOX, {job.id: time.time()})
+    with gateway.redis.pipeline() as pipe:
+        job = gateway.queues[queue_name].enqueue(  # first: RQ starts the transaction (MULTI) on this pipeline
+            entry,
+            request.model_dump(mode="json"),
+            job_id=request.job_id,
+            job_timeout=settings.timeout_for(queue_name),
+            result_ttl=settings.result_ttl_s,
+            failure_ttl=settings.failure_ttl_s,
+            meta=meta,
+            # Every job is idempotent (its inputs stay until it ends; training resumes from its checkpoint), so
+            # one whose worker died is run once more before it fails worker_lost. RQ's abandoned-job cleanup
+            # does the re-queue; the worker spends the retry on nothing else (ExplainWorker.handle_job_failure).
+            retry=Retry(max=WORKER_LOST_RETRIES),
+            pipeline=pipe,
+        )
+        for key, blob in (inputs or {}).items():
+            pipe.set(key, blob, ex=settings.input_ttl_s)
+        _index_by_owner(pipe, settings, owner, job.id)
+        if callback:
+            pipe.zadd(CALLBACK_OUTBOX, {job.id: time.time()})
+        pipe.execute()
     return job
 
 
-def _index_by_owner(gateway: Gateway, owner: str, job_id: str) -> None:
+def _index_by_owner(pipe: Pipeline, settings: Settings, owner: str, job_id: str) -> None:
     """List the job under its owner; the index outlives its longest-kept job and drops expired ids lazily."""
     key = owner_jobs_key(owner)
-    settings = gateway.settings
-    with gateway.redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(key, {job_id: time.time_ns() // 1_000_000})
-        pipe.expire(key, max(settings.result_ttl_s, settings.failure_ttl_s, settings.input_ttl_s) + 3600)
-        pipe.execute()
+    pipe.zadd(key, {job_id: time.time_ns() // 1_000_000})
+    pipe.expire(key, max(settings.result_ttl_s, settings.failure_ttl_s, settings.input_ttl_s) + 3600)
 
 
 def list_owned(
@@ -242,7 +244,8 @@ def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> s
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
-        "request": request.model_dump(include={"model_id", "model_version", "methods", "target", "method"}),
+        "request": request.model_dump(include={"model_id", "model_version", "methods", "target", "faithfulness",
+                                               "method"}),
         "result": None,
     }
     if meta.get("callback"):
@@ -266,6 +269,11 @@ def _public_result(request: Any, value: dict[str, Any] | None, files_url: str) -
         "timing": result.timing.model_dump(),
         "files": {name: files_url + name for name in result.files},
     }
+
+
+def has_ended(job: Job) -> bool:
+    """Whether the job's public status is terminal, from the record just fetched (no Redis call)."""
+    return _public_state(job, job.get_meta(refresh=False)) in TERMINAL
 
 
 def _public_state(job: Job, meta: dict) -> str:
@@ -306,6 +314,7 @@ def cancel(gateway: Gateway, job: Job) -> None:
         job.save_meta()
         gateway.redis.delete(*input_keys(job.id))
         mark_patient_data_deleted(gateway.redis)
+        announce_end(gateway.redis, job.id)
     elif status == JobStatus.STARTED:
         gateway.redis.set(cancel_key(job.id), 1, ex=gateway.settings.timeout_slow_s)
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.callbacks import CallbackCourier
 from service.deps import Gateway
+from service.endings import JobEndings
 from service.openapi import openapi_of
 from service.routes import dicomweb, events, explanations, jobs, methods, models, system, viewer
 from service.telemetry import Telemetry
@@ -54,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gateway = gateway
         app.state.telemetry = Telemetry(gateway.queues)
         courier = CallbackCourier(gateway).start()
+        app.state.endings = JobEndings(gateway.redis).start()
         yield
+        app.state.endings.stop()
         courier.stop()
         gateway.redis.close()
 

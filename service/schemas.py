@@ -58,6 +58,7 @@ class RequestSummary(_Body):
     model_version: int | None = None
     methods: list[str] | None = Field(None, description="explanation: the methods, several for a comparison")
     target: int | None = Field(None, description="explanation: the class asked for; null = the predicted class")
+    faithfulness: bool | None = Field(None, description="explanation: whether deletion and insertion were asked for")
     method: str | None = Field(None, description="training: the method whose artifacts are trained")
 
 

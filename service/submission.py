@@ -17,10 +17,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from models.manifest import ModelManifest
 from service.admission import admit
-from service.callbacks import callback_request
+from service.callbacks import CallbackDelivery, callback_request
 from service.deps import Gateway, Principal
 from service.ingest import ingest_upload, job_inputs, limits_from_settings
 from service.jobs import claim_idempotency, enqueue, new_job_id
+from service.telemetry import Telemetry
 from xai import jsontext
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.imaging import decode_annotation
@@ -45,6 +46,7 @@ class Order:
     frame: int | None = None
     model_version: int | None = None
     quality: str | None = None
+    faithfulness: bool = DEFAULTS["faithfulness"].default
     patch_mode: bool = DEFAULTS["patch_mode"].default
     patch_overlap: float = DEFAULTS["patch_overlap"].default
     callback_url: str | None = None
@@ -83,18 +85,27 @@ async def submit(
     request: Request, gateway: Gateway, caller: Principal, order: Order, data: bytes, *,
     annotation: bytes | None = None, idempotency_key: str | None = None,
 ) -> str:
-    """Validate ``order``, decode ``data`` and enqueue the job; its id (an earlier one for a repeated key)."""
+    """Validate ``order``, decode ``data`` and enqueue the job; its id (an earlier one for a repeated key).
+
+    All of it, Redis calls included, is one hand-off to the thread pool: each hand-off costs a small
+    request as much as its own work, and nothing here may block the event loop."""
+    callback = callback_request(order.callback_url, caller, gateway.settings, str(request.base_url))
+    return await run_in_threadpool(_accept, gateway, request.app.state.telemetry, caller, order, data, annotation,
+                                   idempotency_key, callback)
+
+
+def _accept(
+    gateway: Gateway, telemetry: Telemetry, caller: Principal, order: Order, data: bytes, annotation: bytes | None,
+    idempotency_key: str | None, callback: CallbackDelivery | None,
+) -> str:
     settings = gateway.settings
-    callback = callback_request(order.callback_url, caller, settings, str(request.base_url))
     checked = check_order(gateway, order)
     admit(gateway, caller, checked.queue)
     manifest, methods, outputs = checked.manifest, checked.methods, checked.outputs
     limits = limits_from_settings(settings)
-    decoded = await run_in_threadpool(ingest_upload, data, frame=order.frame, limits=limits)
-    filing = await run_in_threadpool(_filing, data, decoded.format, outputs)
-    mask = None
-    if annotation is not None:
-        mask = await run_in_threadpool(decode_annotation, annotation, shape=decoded.pixels.shape[:2], limits=limits)
+    decoded = ingest_upload(data, frame=order.frame, limits=limits)
+    filing = _filing(data, decoded.format, outputs)
+    mask = None if annotation is None else decode_annotation(annotation, shape=decoded.pixels.shape[:2], limits=limits)
     # Claimed only once the request is known to be valid, so a refused request never holds a key.
     job_id = new_job_id()
     existing = claim_idempotency(gateway, caller.name, idempotency_key, job_id)
@@ -104,20 +115,19 @@ async def submit(
     job = ExplainJob(
         job_id=job_id, submitted_at=time.time(), model_id=manifest.id, model_version=manifest.version,
         methods=methods, params=checked.params, target=checked.target, quality=checked.quality,
-        patch_mode=order.patch_mode, patch_overlap=order.patch_overlap, outputs=outputs, destination=checked.destination,
+        faithfulness=order.faithfulness, patch_mode=order.patch_mode, patch_overlap=order.patch_overlap,
+        outputs=outputs, destination=checked.destination,
         input=InputInfo(height=height, width=width, channels=3 if decoded.pixels.ndim == 3 else 1,
                         annotation=mask is not None, details=decoded.meta),
     )
-    inputs = await run_in_threadpool(
-        job_inputs, job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
-        keep_native=order.patch_mode, annotation=mask,
-    )
+    inputs = job_inputs(job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
+                        keep_native=order.patch_mode, annotation=mask)
     if filing is not None:
         inputs[source_key(job_id)] = filing
     enqueue(gateway, checked.queue, EXPLAIN_ENTRY, job, owner=caller.name, inputs=inputs, idempotency=idempotency_key,
             callback=callback)
     for name in methods:
-        request.app.state.telemetry.submitted.labels("explanation", name).inc()
+        telemetry.submitted.labels("explanation", name).inc()
     return job_id
 
 
@@ -178,7 +188,8 @@ def parse_quality(field: str | None) -> list[str]:
     unknown = sorted(set(names) - set(QUALITY_METRICS))
     if unknown:
         raise InvalidInput(f"unknown quality metric(s) {', '.join(unknown)}; valid: {', '.join(QUALITY_METRICS)} "
-                           "(deletion/insertion AUC and complexity are always computed)", code="invalid_quality")
+                           "(complexity is always computed; deletion/insertion AUC with faithfulness=true)",
+                           code="invalid_quality")
     return names
 
 

@@ -36,11 +36,11 @@ def test_a_key_over_its_rate_gets_429_rate_limited_with_the_seconds_to_wait(sett
 
 def test_near_redis_maxmemory_new_jobs_get_503_before_redis_refuses_writes(settings, store):
     redis = Redis.from_url(settings.redis_url)
-    used = redis.info("memory")["used_memory"]
     digit = png(mnist_digit(3))
     try:
-        redis.config_set("maxmemory", str(int(used * 1.05)))  # inside the 10% headroom already
-        with client_with(settings) as client:
+        with client_with(settings) as client:  # started first: its connections count towards used memory
+            used = redis.info("memory")["used_memory"]
+            redis.config_set("maxmemory", str(int(used * 1.05)))  # inside the 10% headroom already
             refused = submit(client, digit)
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage_full"
             assert int(refused.headers["Retry-After"]) > 0

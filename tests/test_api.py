@@ -114,7 +114,7 @@ def test_models_and_methods_are_listed(client):
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "grad_cam"])
 def test_explanation_end_to_end(client, settings, method):
     digit = mnist_digit(3)
-    accepted = submit(client, png(digit, size=56), method=method)
+    accepted = submit(client, png(digit, size=56), method=method, faithfulness="true")
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"

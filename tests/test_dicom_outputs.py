@@ -96,7 +96,7 @@ def _multipart_parts(response) -> list[bytes]:
                                                  (JPEGLSLossless, "MONOCHROME1")])
 def test_dicom_results_are_filed_in_the_source_study_and_say_what_the_job_says(client, settings, syntax, photometric):
     data, source = radiograph(syntax=syntax, photometric=photometric)
-    job_id = submit(client, data, method="saliency", outputs="png,dicom").json()["job_id"]
+    job_id = submit(client, data, method="saliency", outputs="png,dicom", faithfulness="true").json()["job_id"]
     work(settings)
     job = _finished(client, job_id)
     assert {"sc.dcm", "pm.dcm", "sr.dcm", "overlay.png", "heatmap.npy"} <= set(job["result"]["files"])

@@ -85,7 +85,7 @@ def service(tmp_path_factory, pacs):
     destinations = {"pacs": {"url": pacs.dicomweb_url, "credentials_file": str(credentials)},
                     "down": {"url": f"http://127.0.0.1:{free_port()}/dicom-web"}}
     routes = [{"modality": "DX", "body_part_examined": "CHEST", "model_id": MODEL, "methods": ["grad_cam"],
-               "outputs": ["dicom"], "destination": "pacs"}]
+               "outputs": ["dicom"], "destination": "pacs", "faithfulness": True}]
     worker_env = {"XAI_DICOMWEB_DESTINATIONS": json.dumps(destinations), "XAI_DICOMWEB_ATTEMPTS": "2",
                   "XAI_DICOMWEB_BACKOFF_S": "0.1", "XAI_DICOMWEB_TIMEOUT_S": "10"}
     with running_service(folder, (MODEL,), worker_env, dicomweb_destinations=destinations, dicom_routes=routes,

@@ -25,13 +25,16 @@ from tests.test_api import client, store  # noqa: F401 - pytest fixtures
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.jobs import ExplainJob, ExplainResult, InputInfo, Stage, input_keys
+from xai.methods import get_method
 from xai.wire import decode_heatmap
 
 
-def _job(job_id: str, method: str = "saliency") -> ExplainJob:
-    return ExplainJob(job_id=job_id, submitted_at=time.time(), model_id=MODEL, model_version=1, methods=[method],
-                      params={method: {"abs": True}} if method == "saliency" else {},
-                      input=InputInfo(height=56, width=56, channels=1))
+def _job(job_id: str, method: str = "saliency", faithfulness: bool = True) -> ExplainJob:
+    methods = method.split(",")
+    given = {"saliency": {"abs": True}} if "saliency" in methods else {}
+    return ExplainJob(job_id=job_id, submitted_at=time.time(), model_id=MODEL, model_version=1, methods=methods,
+                      params={name: get_method(name).resolve_params(given.get(name, {})) for name in methods},
+                      faithfulness=faithfulness, input=InputInfo(height=56, width=56, channels=1))
 
 
 def _stage_inputs(connection: Redis, job: ExplainJob, digit: np.ndarray, spec) -> None:
@@ -45,6 +48,29 @@ def _stage_inputs(connection: Redis, job: ExplainJob, digit: np.ndarray, spec) -
 def context(settings) -> WorkerContext:
     ModelStore(settings.model_store_dir).register_directory(DEMO_DIR / MODEL)
     return WorkerContext(settings, Redis.from_url(settings.redis_url))
+
+
+@pytest.mark.parametrize(("method", "faithfulness", "scored"), [
+    ("saliency", False, False),  # the default: the heatmap, its prediction and complexity, no deletion passes
+    ("saliency", True, True),
+    ("saliency,grad_cam", False, True),  # a comparison ranks its methods by deletion and insertion
+])
+def test_faithfulness_is_scored_when_asked_for_or_compared(context, method, faithfulness, scored):
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    job = _job("scored", method, faithfulness)
+    _stage_inputs(context.connection, job, mnist_digit(3, 2), spec)
+    metrics = explain_batch(context, [job], GroupProgress([], None))["scored"].metrics
+    blocks = [metrics["methods"][name] for name in job.methods] if "," in method else [metrics]
+    for block in blocks:
+        assert ("faithfulness" in block) is scored
+        assert 0 <= block["complexity"]["area_fraction"] <= 1
+    if scored:
+        assert all(0 <= block["faithfulness"]["deletion_auc"] <= 1 for block in blocks)
+
+
+def test_jobs_that_differ_only_in_faithfulness_are_not_batched_together():
+    assert _job("a", faithfulness=True).batch_key() != _job("b", faithfulness=False).batch_key()
+    assert _job("a").batch_key() == _job("b").batch_key()
 
 
 def test_a_batch_of_many_gives_each_job_what_a_batch_of_one_gives_it(context):

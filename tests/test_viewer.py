@@ -192,6 +192,7 @@ def test_the_page_loads_and_lists_models_and_methods(browser, live_service):
 def test_a_chest_xray_is_explained_and_drawn_over_the_input(browser, live_service):
     open_viewer(browser, live_service)
     choose(browser, XRAY, ["grad_cam"])
+    browser.find_element(By.ID, "faithfulness").click()  # a single method is scored only when asked
     submit_and_wait(browser, panels=1)
     canvas = wait(browser, EC.visibility_of_element_located((By.ID, "overlay-canvas")))
     assert browser.find_element(By.ID, "panel-grad_cam").is_displayed()

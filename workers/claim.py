@@ -26,7 +26,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from xai.jobs import EXPLAIN_ENTRY, ExplainJob
+from xai.jobs import EXPLAIN_ENTRY, ExplainJob, announce_end
 
 log = logging.getLogger("xai.worker")
 
@@ -108,6 +108,7 @@ def finish(claim: Claim, result: dict[str, Any], worker_name: str, ttl: int) -> 
                             execution_started_at=claim.execution.created_at, execution_ended_at=job.ended_at)
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         claim.execution.delete(job=job, pipeline=pipe)
+        announce_end(pipe, job.id)
         pipe.execute()
     claim.closed = True
 
@@ -123,6 +124,7 @@ def fail(claim: Claim, reason: str, worker_name: str, ttl: int) -> None:
         job._handle_failure(reason, pipeline=pipe, worker_name=worker_name, execution_id=claim.execution.id,
                             execution_started_at=claim.execution.created_at, execution_ended_at=job.ended_at)
         claim.execution.delete(job=job, pipeline=pipe)
+        announce_end(pipe, job.id)
         pipe.execute()
     claim.closed = True
 

@@ -21,6 +21,7 @@ from rq.worker import WorkerStatus
 
 from workers import claim, jobs
 from workers.runtime import WorkerContext, set_torch_threads
+from xai.jobs import announce_end
 from xai.persistence import rewrite_if_patient_data_deleted
 from xai.settings import Settings
 
@@ -43,6 +44,7 @@ class ExplainWorker(SimpleWorker):
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry) -> None:
         if not self._lease_lost(job):
             super().handle_job_success(job, queue, started_job_registry)
+            announce_end(self.connection, job.id)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = "") -> None:
         if self._lease_lost(job):
@@ -51,6 +53,7 @@ class ExplainWorker(SimpleWorker):
         # A failure this worker saw (bad input, an error, a timeout, a cancel) would fail again: never retried.
         job.retries_left = 0
         super().handle_job_failure(job, queue, started_job_registry, exc_string)
+        announce_end(self.connection, job.id)
 
     def _lease_lost(self, job: Job) -> bool:
         """True when RQ took ``job`` back while this worker was cut off (claim.still_held); its outcome is dropped."""

@@ -149,7 +149,8 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
                        code="input_expired")
     display = decode_display(display_blob)
     if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
-        smaller = resize(display.astype(np.float32), *fit_within(*display.shape[:2], display_max_side))
+        smaller = resize(display.astype(np.float32), *fit_within(*display.shape[:2], display_max_side),
+                         for_display=True)
         display = (np.clip(smaller, 0, 255) + 0.5).astype(np.uint8)
     return Member(
         job=job,
@@ -181,14 +182,18 @@ def _explain(
 def _score(
     loaded: LoadedModel, batch: torch.Tensor, members: list[Member], targets: list[int], results: list[MethodResult]
 ) -> None:
-    """Faithfulness, complexity and (with an annotation) localisation of each heatmap, at the model's size."""
+    """Complexity, faithfulness when asked for and (with an annotation) localisation of each heatmap, at the
+    model's size."""
     size = tuple(batch.shape[-2:])
     heatmaps = [_at_size(result.heatmap, size) for result in results]
-    faithfulness = scoring.deletion_insertion_batch(
-        loaded.classifier, batch, torch.stack(heatmaps).to(batch.device), targets, steps=FAITHFULNESS_STEPS
-    )
-    for member, result, heatmap, figures in zip(members, results, heatmaps, faithfulness, strict=True):
-        result.metrics |= {"faithfulness": figures, "complexity": scoring.complexity(heatmap.numpy())}
+    if members[0].job.scores_faithfulness:  # the batch key keeps it equal across the batch
+        faithfulness = scoring.deletion_insertion_batch(
+            loaded.classifier, batch, torch.stack(heatmaps).to(batch.device), targets, steps=FAITHFULNESS_STEPS
+        )
+        for result, figures in zip(results, faithfulness, strict=True):
+            result.metrics["faithfulness"] = figures
+    for member, result, heatmap in zip(members, results, heatmaps, strict=True):
+        result.metrics["complexity"] = scoring.complexity(heatmap.numpy())
         if member.annotation is not None:
             result.metrics["localization"] = scoring.localization(heatmap.numpy(), member.annotation)
 

@@ -59,6 +59,14 @@ def overlay(image: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return (blended >> 8).astype(np.uint8)
 
 
+# The overlay colour of every (grey level, heatmap level) pair, row grey * 256 + level: what ``overlay``
+# computes, tabulated, so a grey image's overlay costs one 3-byte look-up per pixel (about 6x faster).
+_GREY_OVERLAYS = overlay(
+    np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256),
+    colourise(np.broadcast_to(np.arange(256, dtype=np.uint8), (256, 256))),
+).reshape(-1, 3)
+
+
 def heatmap_images(heatmap: np.ndarray, display: np.ndarray) -> dict[str, bytes]:
     """``heatmap.png`` at the heatmap's own resolution and ``overlay.png`` at the display copy's size.
 
@@ -77,6 +85,8 @@ def overlay_pixels(heatmap: np.ndarray, display: np.ndarray) -> np.ndarray:
 def _overlay_levels(levels: np.ndarray, display: np.ndarray) -> np.ndarray:
     height, width = display.shape[:2]
     enlarged = np.asarray(Image.fromarray(levels).resize((width, height), Image.Resampling.BILINEAR))
+    if display.ndim == 2:  # a grey image: one look-up per pixel in the table of every blend
+        return np.take(_GREY_OVERLAYS, display.astype(np.uint16) << 8 | enlarged, axis=0)
     return overlay(display, colourise(enlarged))
 
 

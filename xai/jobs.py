@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from redis import Redis
+from redis.client import Pipeline
 
 from xai.settings import OutputKind
 
@@ -66,6 +68,8 @@ class ExplainJob(_Contract):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="resolved parameters per method")
     target: int | None = None
     quality: list[QualityMetric] = Field(default_factory=list)
+    faithfulness: bool = Field(False, description="score each heatmap by deletion and insertion (102 model passes "
+                               "at 50 steps each); a comparison of several methods is always scored")
     patch_mode: bool = False
     patch_overlap: Annotated[float, Field(ge=0.0, le=0.9)] = 0.25
     outputs: list[OutputKind] = Field(["png"], min_length=1, description="png: heatmap and overlay images; dicom: "
@@ -81,7 +85,13 @@ class ExplainJob(_Contract):
         if len(self.methods) != 1 or self.patch_mode or self.quality:
             return None
         method = self.methods[0]
-        return json.dumps([self.model_id, self.model_version, method, self.params.get(method, {})], sort_keys=True)
+        return json.dumps([self.model_id, self.model_version, method, self.params.get(method, {}), self.faithfulness],
+                          sort_keys=True)
+
+    @property
+    def scores_faithfulness(self) -> bool:
+        """Deletion and insertion for this job: asked for, or needed to rank the methods of a comparison."""
+        return self.faithfulness or len(self.methods) > 1
 
 
 class TrainJob(_Contract):
@@ -233,3 +243,13 @@ def owner_jobs_key(owner: str) -> str:
 def observed_key(job_id: str) -> str:
     """Set the first time a poll sees the job ended, so its end is counted once in telemetry."""
     return f"xai:observed:{job_id}"
+
+
+# Pub/sub channel: a job's id, published when it ends, wakes the gateway requests waiting for it
+# (service.endings). Fire and forget: a waiter re-checks the status anyway, so a lost message only delays it.
+JOB_ENDED_CHANNEL = "xai:job-ended"
+
+
+def announce_end(connection: Redis | Pipeline, job_id: str) -> None:
+    """Tell waiting gateways that ``job_id`` ended (on ``connection``, or queued on a pipeline)."""
+    connection.publish(JOB_ENDED_CHANNEL, job_id)

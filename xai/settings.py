@@ -78,6 +78,7 @@ class DicomRoute(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="parameters per method")
     outputs: list[OutputKind] = Field(["dicom"], min_length=1)
     destination: str | None = Field(None, description="a name of XAI_DICOMWEB_DESTINATIONS")
+    faithfulness: bool = Field(False, description="also score deletion and insertion AUC (they go into the SR)")
 
     def matches(self, modality: str | None, body_part: str | None, sop_class_uid: str | None) -> bool:
         wanted = ((self.modality, modality), (self.body_part_examined, body_part), (self.sop_class_uid, sop_class_uid))

@@ -48,7 +48,8 @@ async def stow_routed(request: Request, gateway: GatewayDep, caller: ExplainCall
                                "/dicomweb/models/{model_id}/methods/{method}/studies instead", code="no_dicom_route")
         params = rule.params.get(rule.methods[0], {}) if len(rule.methods) == 1 else rule.params
         return Order(model_id=rule.model_id, model_version=rule.model_version, method=",".join(rule.methods),
-                     params=params, outputs=rule.outputs, destination=rule.destination)
+                     params=params, outputs=rule.outputs, destination=rule.destination,
+                     faithfulness=rule.faithfulness)
 
     return await _store(request, gateway, caller, order_for)
 
@@ -64,11 +65,12 @@ async def stow_to_method(
     destination: Annotated[str | None, Query(max_length=64, description="a name of XAI_DICOMWEB_DESTINATIONS")] =
         None,
     target: Annotated[str | None, Query(description="class index or name; default: the predicted class")] = None,
+    faithfulness: Annotated[bool, Query(description="also score deletion and insertion AUC (into the SR)")] = False,
 ) -> JSONResponse:
     """Store instances: each is explained with the model and method the path names. What the path and query
     get wrong is wrong for every instance: the whole request is refused (4xx), before any instance is read."""
     order = Order(model_id=model_id, method=method, params=params, outputs=outputs, destination=destination,
-                  target=target)
+                  target=target, faithfulness=faithfulness)
     check_order(gateway, order)
     return await _store(request, gateway, caller, lambda identity: order)
 

@@ -2,14 +2,14 @@
 
 Workers write progress into the job's RQ meta; the stream reads it back every ``POLL_S`` and sends an
 event only when something a caller sees changed, so a quiet job costs one Redis read per poll and no
-traffic (sse-starlette's ping comment keeps proxies from closing an idle stream). Polling the meta,
-rather than a pub/sub channel the workers would have to publish on, keeps the workers unchanged and
-loses nothing: a stream opened late starts from the job's current state.
+traffic (sse-starlette's ping comment keeps proxies from closing an idle stream). The job's end does
+not wait for the next poll: the workers announce it (service.endings) and the stream reads the final
+status at once. Polling the meta for progress loses nothing: a stream opened late starts from the
+job's current state.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -20,6 +20,7 @@ from rq.job import Job
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.deps import Caller, Gateway, GatewayDep
+from service.endings import JobEndings, Watch
 from service.jobs import TERMINAL, fail_if_abandoned, fetch_owned, public_status
 from service.schemas import JobStatus, error_responses
 from xai.errors import ErrorCode
@@ -40,10 +41,16 @@ def job_events(job_id: str, request: Request, gateway: GatewayDep, caller: Calle
     the job's full status (as GET /v1/jobs/{id} answers it), then the stream closes. A job deleted while
     streamed ends the stream with an ``error`` event (unknown_job)."""
     job = fetch_owned(gateway, job_id, caller)  # an unknown or foreign job is a 404 before any stream starts
-    return EventSourceResponse(_events(gateway, job, str(request.base_url)), ping=PING_S)
+    return EventSourceResponse(_events(gateway, request.app.state.endings, job, str(request.base_url)), ping=PING_S)
 
 
-async def _events(gateway: Gateway, job: Job, base_url: str) -> AsyncIterator[ServerSentEvent]:
+async def _events(gateway: Gateway, endings: JobEndings, job: Job, base_url: str) -> AsyncIterator[ServerSentEvent]:
+    with endings.watching(job.id) as watch:  # the job's end is sent as soon as it is announced
+        async for event in _changes(gateway, watch, job, base_url):
+            yield event
+
+
+async def _changes(gateway: Gateway, watch: Watch, job: Job, base_url: str) -> AsyncIterator[ServerSentEvent]:
     last: dict | None = None
     while True:
         try:
@@ -58,7 +65,7 @@ async def _events(gateway: Gateway, job: Job, base_url: str) -> AsyncIterator[Se
         if body.status in TERMINAL:
             yield ServerSentEvent(body.model_dump_json(exclude_unset=True), event="status")
             return
-        await asyncio.sleep(POLL_S)
+        await watch.pause(POLL_S)
 
 
 def _current(gateway: Gateway, job: Job, base_url: str) -> JobStatus:

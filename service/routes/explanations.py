@@ -45,6 +45,7 @@ async def create_explanation_from_dicom(
     frame: Annotated[int | None, Query(ge=0)] = None,
     model_version: Annotated[int | None, Query(ge=1)] = None,
     quality: Annotated[str | None, Query()] = None,
+    faithfulness: Annotated[bool, Query()] = DEFAULTS["faithfulness"].default,
     outputs: Annotated[str | None, Query()] = None,
     destination: Annotated[str | None, Query(max_length=64)] = None,
     callback_url: Annotated[str | None, Query(max_length=2000)] = None,
@@ -52,8 +53,8 @@ async def create_explanation_from_dicom(
 ) -> JSONResponse:
     """The same job as the form's, for a PACS bridge that POSTs the instance itself (documented on the form route)."""
     order = Order(model_id=model_id, method=method, target=target, params=params, frame=frame,
-                  model_version=model_version, quality=quality, callback_url=callback_url, outputs=outputs,
-                  destination=destination)
+                  model_version=model_version, quality=quality, faithfulness=faithfulness, callback_url=callback_url,
+                  outputs=outputs, destination=destination)
     data = await read_body_limited(request, gateway.settings.max_upload_bytes)
     job_id = await submit(request, gateway, caller, order, data, idempotency_key=idempotency_key)
     return _accepted(request, job_id)
@@ -82,6 +83,9 @@ async def create_explanation(
     model_version: Annotated[int | None, Form(ge=1)] = None,
     quality: Annotated[str | None, Form(description="Extra quality metrics, comma-separated: "
                                         + ", ".join(QUALITY_METRICS))] = None,
+    faithfulness: Annotated[bool, Form(description="Also score each heatmap by deletion and insertion AUC (102 "
+                                       "model passes per heatmap); always on when several methods are compared")] =
+        DEFAULTS["faithfulness"].default,
     patch_mode: Annotated[bool, Form(description="Explain a large image tile by tile at its own resolution")] =
         DEFAULTS["patch_mode"].default,
     patch_overlap: Annotated[float, Form(ge=0.0, le=0.9, description="Tile overlap, a fraction of the tile")] =
@@ -96,8 +100,8 @@ async def create_explanation(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     order = Order(model_id=model_id, method=method, target=target, params=params, frame=frame,
-                  model_version=model_version, quality=quality, patch_mode=patch_mode, patch_overlap=patch_overlap,
-                  callback_url=callback_url, outputs=outputs, destination=destination)
+                  model_version=model_version, quality=quality, faithfulness=faithfulness, patch_mode=patch_mode,
+                  patch_overlap=patch_overlap, callback_url=callback_url, outputs=outputs, destination=destination)
     limit = gateway.settings.max_upload_bytes
     data = await _read_limited(file, limit)
     mask = await _read_limited(annotation, limit) if annotation is not None else None

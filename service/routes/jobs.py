@@ -6,16 +6,19 @@ import hashlib
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from rq.job import Job
 
-from service.deps import Caller, ExplainCaller, FileReader, GatewayDep
+from service.deps import Caller, ExplainCaller, FileReader, Gateway, GatewayDep
 from service.jobs import (
     TERMINAL,
     cancel,
     dicom_files,
     fail_if_abandoned,
     fetch_owned,
+    has_ended,
     list_owned,
     multipart_related,
     public_status,
@@ -35,6 +38,7 @@ MEDIA_TYPES = {".png": "image/png", ".npy": "application/octet-stream", ".json":
 # A finished job's files never change, so a browser may reuse them; "private": they derive from a patient's
 # image and no shared cache may keep them.
 FILE_CACHE_CONTROL = "private, max-age=3600, immutable"
+MAX_WAIT_S = 60  # below the idle timeouts of common proxies and load balancers
 
 
 @router.get("", response_model=JobList, response_model_exclude_unset=True,
@@ -55,12 +59,30 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobStatus, response_model_exclude_unset=True,
             responses=error_responses(401, 404, 422, 500, 503))
-def get_job(job_id: str, request: Request, gateway: GatewayDep, caller: Caller) -> JobStatus:
+async def get_job(
+    job_id: str, request: Request, gateway: GatewayDep, caller: Caller,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the job to end before "
+                                 "answering (long polling): the answer comes as soon as it ends; 0 answers at once")]
+    = 0,
+) -> Response:
     """A job's status, progress and stage; when finished its metrics, timing and signed file URLs."""
-    job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
+
+    def look() -> tuple[Response, bool]:
+        """The job's answer and whether it has ended: one thread hop, Redis and serialisation included."""
+        job = fail_if_abandoned(gateway, fetch_owned(gateway, job_id, caller))
+        return _answer(request, gateway, job), has_ended(job)
+
+    async def looked() -> tuple[Response, bool]:
+        return await run_in_threadpool(look)
+
+    return await request.app.state.endings.wait_until_ended(job_id, wait, looked) if wait else (await looked())[0]
+
+
+def _answer(request: Request, gateway: Gateway, job: Job) -> Response:
+    """The job's status as JSON. Serialised here, once: FastAPI would validate the model again first."""
     body = public_status(job, str(request.base_url), gateway.signer)
     _observe_end(request, gateway, body)
-    return body
+    return Response(body.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobStatus, response_model_exclude_unset=True,

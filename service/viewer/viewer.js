@@ -195,6 +195,7 @@ async function submit() {
   form.append("method", methods.join(","));
   form.append("params", JSON.stringify(params));
   if ($("target").value) form.append("target", $("target").value);
+  if ($("faithfulness").checked) form.append("faithfulness", "true");
   $("submit").disabled = true;
   $("placeholder").hidden = true;
   $("progress-row").hidden = true;

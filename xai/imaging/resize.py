@@ -12,17 +12,23 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+DISPLAY_REDUCING_GAP = 2.0
 
-def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+
+def resize(array: np.ndarray, height: int, width: int, *, for_display: bool = False) -> np.ndarray:
     """Bilinear, antialiased resize of an ``H x W`` or ``H x W x C`` float array to ``height x width``.
 
-    Returns float32; an array already at that size is returned as float32 without filtering.
+    ``for_display``: shrink by whole factors with a box filter first (Pillow's ``reducing_gap``), about
+    3x faster on a large upload, within a few grey levels of the exact filter; for images people look
+    at, never for what a model sees. Returns float32; an array already at that size is returned as
+    float32 without filtering.
     """
     if array.shape[:2] == (height, width):
         return np.asarray(array, dtype=np.float32)
+    gap = DISPLAY_REDUCING_GAP if for_display else None
     if array.ndim == 2:
-        return _resize_plane(array, height, width)
-    return np.stack([_resize_plane(array[..., c], height, width) for c in range(array.shape[2])], axis=-1)
+        return _resize_plane(array, height, width, gap)
+    return np.stack([_resize_plane(array[..., c], height, width, gap) for c in range(array.shape[2])], axis=-1)
 
 
 def fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -31,6 +37,7 @@ def fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize_plane(plane: np.ndarray, height: int, width: int, reducing_gap: float | None) -> np.ndarray:
     image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    resized = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
+    return np.asarray(resized, dtype=np.float32)
