@@ -204,6 +204,36 @@ def test_resume_after_cancellation_continues_from_the_saved_step(tmp_path):
             assert torch.allclose(straight[key], resumed[key], atol=1e-6), key
 
 
+def test_a_run_can_start_from_trained_generators(trained, tmp_path):
+    images, classifier = halves_images(64), HalvesClassifier()
+    start = trained["syce"] / "artifact"
+    # A tiny learning rate: the first epoch's generators are (almost) those it started from.
+    params = {**FAST, "epochs": 1, "lr_generator": 1e-7}
+    summary = train(classifier, images, tmp_path / "tuned", params, no_progress, "cpu", init_from=start)
+    assert summary["initialised_from"] == {
+        "folder": str(start),
+        "variant": "syce",
+        "epochs": FAST["epochs"],
+        "seconds": trained["syce_summary"]["seconds"],
+    }
+    fresh = train(classifier, images, tmp_path / "fresh", params, no_progress, "cpu")
+    assert fresh["initialised_from"] is None
+    # Started from trained generators, the first epoch already flips what a fresh start does not.
+    assert summary["history"][0]["validation_flip_rate"] > fresh["history"][0]["validation_flip_rate"]
+    for file_name in GENERATOR_FILES:
+        before = torch.load(start / file_name, weights_only=True)
+        after = torch.load(tmp_path / "tuned" / "artifact" / file_name, weights_only=True)
+        for key in before:
+            assert torch.allclose(before[key], after[key], atol=1e-3), key
+    # Training further resumes from the checkpoint and keeps the record of where it started.
+    resumed = train(classifier, images, tmp_path / "tuned", {**params, "epochs": 2}, no_progress, "cpu")
+    assert resumed["epochs"] == 2 and resumed["initialised_from"] == summary["initialised_from"]
+    # Generators of another architecture cannot start a run.
+    with pytest.raises(InvalidInput) as error:
+        train(classifier, images, tmp_path / "wide", {**params, "base_width": 8}, no_progress, "cpu", init_from=start)
+    assert error.value.code == "invalid_params"
+
+
 def test_a_checkpoint_of_other_settings_is_refused(trained):
     with pytest.raises(InvalidInput) as error:
         train(

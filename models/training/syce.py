@@ -51,6 +51,7 @@ from models.artifacts.syce import (
     FORMAT_VERSION,
     GeneratorPair,
     decision_sides,
+    load_artifact,
     resolve_target_class,
     side_logit,
     write_artifact,
@@ -134,6 +135,7 @@ def train(
     device: torch.device | str,
     *,
     target_class: int | None = None,
+    init_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train the SyCE or CyCE generators of ``classifier`` and write ``out_dir/artifact``.
 
@@ -153,15 +155,24 @@ def train(
             propagates after a checkpoint is written.
         device: Where to train.
         target_class: The class explained against the rest (default 1 for binary classifiers).
+        init_from: An artifact folder (``write_artifact``) whose generators start this run instead of
+            the identity (fine-tuning, e.g. with other loss weights); the discriminators and optimisers
+            start fresh and epochs count from 0. Used only when ``out_dir`` holds no checkpoint (a
+            resumed run continues from its checkpoint); the summary records it as
+            ``initialised_from``.
 
     Returns:
         A JSON-safe summary: variant, preset, weights, epochs, steps, sizes of each side, final losses,
-        validation flip rate per epoch, seconds, and the artifact path.
+        validation flip rate per epoch, seconds, ``initialised_from`` (None or the folder, its variant,
+        epochs and seconds), and the artifact path.
 
     Raises:
         InvalidInput: ``invalid_params``, ``target_class_required``, ``invalid_target_class``,
             ``invalid_training_images``, ``single_decision_side`` (the classifier decides all images
-            the same way), ``checkpoint_mismatch`` (``out_dir`` holds a run with other settings).
+            the same way), ``checkpoint_mismatch`` (``out_dir`` holds a run with other settings);
+            ``invalid_params`` also when ``init_from`` holds generators of another architecture or
+            target class.
+        ServiceError: ``artifact_unreadable`` when ``init_from`` cannot be read.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +183,7 @@ def train(
         target = resolve_target_class(logits.shape[1], target_class)
         plan = make_plan(params, tuple(images.shape[1:]), logits.shape[1], target)
         sides = decision_sides(logits, target)
-        run = TrainingRun(classifier, images, sides, plan, out_dir, device)
+        run = TrainingRun(classifier, images, sides, plan, out_dir, device, init_from)
         return run.fit(progress)
 
 
@@ -205,9 +216,12 @@ class TrainingRun:
         plan: TrainingPlan,
         out_dir: Path,
         device: torch.device,
+        init_from: Path | None = None,
     ):
         self.classifier, self.images, self.plan = classifier, images, plan
         self.out_dir, self.device = out_dir, device
+        self.init_from = None if init_from is None else Path(init_from)
+        self.initialised_from: dict[str, Any] | None = None
         self.validation, pools = split_by_side(sides, plan.params["validation_fraction"], plan.params["seed"])
         self.sides = sides
         self.pools = pools
@@ -243,7 +257,8 @@ class TrainingRun:
     # --------------------------------------------------------------- loop
 
     def fit(self, progress: Progress) -> dict[str, Any]:
-        self._resume()
+        if not self._resume() and self.init_from is not None:
+            self._initialise(self.init_from)
         epochs = self.plan.params["epochs"]
         total = epochs * self.steps_per_epoch
         last_report = -math.inf
@@ -433,6 +448,7 @@ class TrainingRun:
             "validation_images": len(self.validation),
             "seconds": round(self.seconds, 1),
             "device": str(self.device),
+            "initialised_from": self.initialised_from,
             "final": self.history[-1] if self.history else None,
             "history": self.history,
         }
@@ -448,6 +464,7 @@ class TrainingRun:
             "seconds": self.seconds,
             "history": json.dumps(self.history),
             "running": json.dumps(self.running),
+            "initialised_from": json.dumps(self.initialised_from),
             "generators": [g.state_dict() for g in self.generators],
             "discriminators": [d.state_dict() for d in self.discriminators],
             "optimizer_g": self.optimizer_g.state_dict(),
@@ -459,10 +476,32 @@ class TrainingRun:
         torch.save(state, temporary)
         os.replace(temporary, path)
 
-    def _resume(self) -> None:
+    def _initialise(self, folder: Path) -> None:
+        """Start both generators from those of the artifact in ``folder`` (fine-tuning)."""
+        pair = load_artifact(folder, self.device)
+        wanted = self.generators[0].config
+        found = pair.config.get("architecture", {}).get("args")
+        if found != wanted or pair.target_class != self.plan.target_class:
+            raise InvalidInput(
+                f"the generators in {folder} (architecture {found}, target class {pair.target_class}) "
+                f"cannot start this run (architecture {wanted}, target class {self.plan.target_class})",
+                code="invalid_params",
+            )
+        for generator, loaded in zip(self.generators, pair.generators):
+            generator.load_state_dict(loaded.state_dict())
+        training = pair.config.get("training") or {}
+        self.initialised_from = {
+            "folder": str(folder),
+            "variant": pair.variant,
+            "epochs": training.get("epochs"),
+            "seconds": training.get("seconds"),
+        }
+
+    def _resume(self) -> bool:
+        """Continue from the checkpoint in ``out_dir``; False when there is none."""
         path = self.out_dir / CHECKPOINT_NAME
         if not path.exists():
-            return
+            return False
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved, wanted = state["identity"], self.plan.resume_identity()
         differing = sorted(key for key in RESUME_KEYS if saved.get(key) != wanted[key])
@@ -483,6 +522,8 @@ class TrainingRun:
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.history = json.loads(state["history"])
         self.running = json.loads(state["running"])
+        self.initialised_from = json.loads(state.get("initialised_from", "null"))
+        return True
 
 
 # ----------------------------------------------------------------------------- pieces
