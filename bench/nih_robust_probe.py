@@ -21,11 +21,9 @@ import json
 import torch
 
 from models.loader import Normalization
-from models.manifest import InputSpec
 from models.training import demo
 from models.training.classifier import (
     AdversarialTraining,
-    fit_normalization,
     stratified_split,
     train_classifier,
 )
@@ -54,27 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = demo.DEFAULT_DATA_ROOT
-    train, _ = demo.nih_splits(root, "Cardiomegaly", InputSpec(height=demo.NIH_SIZE, width=demo.NIH_SIZE))
-    mean, std = fit_normalization(train.images)
-    spec = InputSpec(height=demo.NIH_SIZE, width=demo.NIH_SIZE, channels=1, mean=mean, std=std)
-    common = {
-        "architecture": "small_cnn",
-        "architecture_args": {},
-        "input_spec": spec,
-        "output": "sigmoid",
-        "device": "cpu",
-    }
-    pretrain = demo.pneumoniamnist_split(root, "train", demo.NIH_SIZE)
-    pretrained, _ = train_classifier(
-        pretrain.images,
-        pretrain.labels,
-        class_names=["normal", "pneumonia"],
-        epochs=4,
-        batch_size=64,
-        lr=2e-3,
-        seed=0,
-        **common,
-    )
+    train, _, spec, common = demo.nih_classifier_settings(root, "cpu")
+    pretrained, _ = demo.pretrain_on_pneumoniamnist(root, common)
     fit, held = stratified_split(train.labels, 0.25, 0)
     for radius in (float(r) for r in args.radii.split(",")):
         adversarial = AdversarialTraining(radius, 3, "l2", args.warmup) if radius > 0 else None
@@ -85,7 +64,6 @@ def main() -> None:
             epochs=30,
             batch_size=32,
             lr=2e-3,
-            seed=0,
             initial_state=pretrained.state_dict(),
             adversarial=adversarial,
             val_images=train.images[held],

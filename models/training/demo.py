@@ -19,6 +19,7 @@ import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,6 +186,38 @@ def nih_cardiomegaly_test_split(data_root: Path) -> Split:
     return nih_split(data_root, "Cardiomegaly", InputSpec(height=NIH_SIZE, width=NIH_SIZE), "test")
 
 
+def nih_classifier_settings(
+    data_root: Path, device: torch.device | str
+) -> tuple[Split, Split, InputSpec, dict[str, Any]]:
+    """The NIH demo's training and test splits, its input spec (normalised on the training split) and the
+    ``train_classifier`` settings every stage of its recipe shares (also bench/nih_robust_probe.py's)."""
+    train, test = nih_splits(data_root, "Cardiomegaly", InputSpec(height=NIH_SIZE, width=NIH_SIZE))
+    mean, std = fit_normalization(train.images)
+    spec = InputSpec(height=NIH_SIZE, width=NIH_SIZE, channels=1, mean=mean, std=std)
+    common = {"architecture": "small_cnn", "architecture_args": {}, "input_spec": spec, "output": "sigmoid",
+              "device": device, "seed": 0}
+    return train, test, spec, common
+
+
+def pretrain_on_pneumoniamnist(
+    data_root: Path, common: dict[str, Any], progress: Progress | None = None
+) -> tuple[nn.Module, dict]:
+    """The recipe's first stage: 4 epochs on PneumoniaMNIST, evaluated on its validation split."""
+    pretrain, pretrain_val = (pneumoniamnist_split(data_root, split, NIH_SIZE) for split in ("train", "val"))
+    return train_classifier(
+        pretrain.images,
+        pretrain.labels,
+        class_names=["normal", "pneumonia"],
+        epochs=4,
+        batch_size=64,
+        lr=2e-3,
+        val_images=pretrain_val.images,
+        val_labels=pretrain_val.labels,
+        progress=progress,
+        **common,
+    )
+
+
 def train_nih_cardiomegaly(
     data_root: Path, device: torch.device, progress: Progress | None
 ) -> tuple[ModelManifest, nn.Module]:
@@ -194,24 +227,8 @@ def train_nih_cardiomegaly(
     PneumoniaMNIST (chest X-rays too, 4,708 of them) raised it to about 0.84 (one validation split of
     the training patients, 128 images).
     """
-    train, test = nih_splits(data_root, "Cardiomegaly", InputSpec(height=NIH_SIZE, width=NIH_SIZE))
-    mean, std = fit_normalization(train.images)
-    spec = InputSpec(height=NIH_SIZE, width=NIH_SIZE, channels=1, mean=mean, std=std)
-    common = dict(architecture="small_cnn", architecture_args={}, input_spec=spec, output="sigmoid")
-    common.update(device=device, seed=0)
-    pretrain, pretrain_val = (pneumoniamnist_split(data_root, split, NIH_SIZE) for split in ("train", "val"))
-    pretrained, pretrain_evaluation = train_classifier(
-        pretrain.images,
-        pretrain.labels,
-        class_names=["normal", "pneumonia"],
-        epochs=4,
-        batch_size=64,
-        lr=2e-3,
-        val_images=pretrain_val.images,
-        val_labels=pretrain_val.labels,
-        progress=_stage(progress, 0.0, 0.4),
-        **common,
-    )
+    train, test, spec, common = nih_classifier_settings(data_root, device)
+    pretrained, pretrain_evaluation = pretrain_on_pneumoniamnist(data_root, common, _stage(progress, 0.0, 0.4))
     net, evaluation = train_classifier(
         train.images,
         train.labels,
