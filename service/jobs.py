@@ -26,6 +26,7 @@ from rq.serializers import JSONSerializer
 
 from service import schemas  # its JobStatus is the API's; rq's JobStatus is the queue's
 from service.deps import Gateway, Principal
+from service.rendering import is_rendered, rendered_file
 from service.signing import UrlSigner
 from xai.callbacks import CallbackDelivery
 from xai.errors import ErrorCode, InvalidInput, NotFound, Overloaded
@@ -334,7 +335,8 @@ def purge(gateway: Gateway, job: Job) -> None:
 
 
 def read_file(gateway: Gateway, job: Job, name: str) -> bytes:
-    """A result file of a finished explanation; the NPY heatmaps are made here from the stored float16 one.
+    """A result file of a finished explanation; the NPY heatmaps are made here from the stored float16 one,
+    the PNGs on their first download (``service.rendering``).
 
     ``heatmap_model.npy`` is the heatmap at the resolution its explainer made it; ``heatmap.npy`` is
     that map enlarged to the input's resolution with the worker's own interpolation (bilinear).
@@ -345,6 +347,8 @@ def read_file(gateway: Gateway, job: Job, name: str) -> bytes:
     listed = ExplainResult.model_validate(job.return_value()).files
     if name not in listed:
         raise NotFound(f"job {job.id!r} has no file {name[:100]!r}; files: {', '.join(listed)}", code="unknown_file")
+    if is_rendered(name):
+        return rendered_file(gateway, job, listed, name)
     prefix, _, base = name.rpartition("/")
     if base not in DERIVED_HEATMAPS:
         return gateway.results.get(job.id, name)

@@ -38,7 +38,7 @@ from tests.test_dicom_outputs import (
     dx_instance,
     stow_body,
 )
-from workers import render
+from xai.imaging import render
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason="Orthanc with its DICOMweb plugin is not installed: "
                                 + "; ".join(missing()) + " (scripts/setup.sh installs them as root)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers import render
+from xai.imaging import render
 from xai.imaging.resize import resize
 
 

@@ -22,13 +22,18 @@ def result_store(request, settings, tmp_path):
     return FileResultStore(tmp_path / "results")
 
 
-def test_a_store_gives_back_what_was_put_lists_it_and_purges_it(result_store):
+def test_a_store_gives_back_what_was_put_lists_it_discards_and_purges_it(result_store):
     result_store.put({"job1": {"heatmap.png": b"png", "grad_cam/overlay.png": b"o"}, "job2": {"a.png": b"a"}}, 60)
     assert result_store.get("job1", "grad_cam/overlay.png") == b"o"
     assert result_store.names("job1") == ["grad_cam/overlay.png", "heatmap.png"]
     with pytest.raises(NotFound) as missing:
         result_store.get("job1", "nope.png")
     assert missing.value.code == "unknown_file" and "heatmap.png" in missing.value.message
+    result_store.discard("job1", "heatmap.png")
+    result_store.discard("job1", "never-stored.png")
+    assert result_store.names("job1") == ["grad_cam/overlay.png"]
+    with pytest.raises(NotFound):
+        result_store.get("job1", "heatmap.png")
     result_store.purge("job1")
     assert result_store.names("job1") == [] and result_store.names("job2") == ["a.png"]
 

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import JPEGLSLossless
 
-from workers import render
+from xai.imaging import render
 from xai.imaging.resize import resize
 
 SCHEME = "99XAI"

@@ -24,12 +24,14 @@ from pydicom.dataset import Dataset
 from redis import Redis
 
 from models.preprocess import to_model_input
-from workers import render, scoring
+from workers import scoring
 from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
 from xai.errors import NotFound, ServiceError
 from xai.imaging.resize import fit_within, resize
 from xai.jobs import (
+    DISPLAY_COPY,
+    INPUT_PNG,
     RAW_HEATMAP,
     ExplainJob,
     ExplainResult,
@@ -42,9 +44,12 @@ from xai.jobs import (
     public_files,
     source_key,
 )
-from xai.wire import decode_canonical, decode_display, encode_heatmap
+from xai.imaging import render
+from xai.wire import decode_canonical, decode_display, encode_display, encode_heatmap
 
 FAITHFULNESS_STEPS = 50
+# A display copy of up to this many values (a 1024 px grey one, 1 MiB) is stored as it is.
+RAW_DISPLAY_MAX_VALUES = 1024 * 1024
 # The share of a job's progress each stage spans.
 SPANS = {
     Stage.LOADING_MODEL: (0.0, 0.05), Stage.PREPROCESSING: (0.05, 0.1), Stage.EXPLAINING: (0.1, 0.8),
@@ -59,6 +64,7 @@ class Member:
     job: ExplainJob
     image: np.ndarray  # canonical, at the model's input size
     display: np.ndarray  # uint8, at most display_max_side on the long side, for the overlay
+    display_blob: bytes  # ``display`` as stored (``xai.wire.encode_display``), kept as the job's DISPLAY_COPY
     native: np.ndarray | None  # the upload at its own resolution, patch mode only
     annotation: np.ndarray | None  # bool mask at the model's input size
     source: Dataset | None  # the source DICOM's filing attributes, outputs=dicom jobs only
@@ -149,13 +155,15 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
                        code="input_expired")
     display = decode_display(display_blob)
     if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
-        smaller = resize(display.astype(np.float32), *fit_within(*display.shape[:2], display_max_side),
+        smaller = resize(display.astype(np.float32) / 255, *fit_within(*display.shape[:2], display_max_side),
                          for_display=True)
-        display = (np.clip(smaller, 0, 255) + 0.5).astype(np.uint8)
+        display_blob = encode_display(smaller)
+        display = decode_display(display_blob)
     return Member(
         job=job,
         image=decode_canonical(image_blob),
         display=display,
+        display_blob=display_blob,
         native=None if native_blob is None else decode_canonical(native_blob),
         annotation=None if annotation_blob is None else decode_canonical(annotation_blob) > 0.5,
         source=None if source_blob is None else pydicom.dcmread(io.BytesIO(source_blob)),
@@ -219,16 +227,20 @@ def _render_all(
 
 def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:
     """The files of one job: the raw heatmap of each method and, for outputs=png, the input's display
-    copy (so a viewer can blend the heatmap itself) and per method the heatmap's PNG, the overlay and
-    any extra images. (An outputs=dicom job's DICOM files are added after scoring: ``_add_dicom``.)"""
+    copy and per method any extra images (at the model's size). The gateway renders input.png and the
+    heatmap and overlay PNGs from the copy when they are first downloaded (``service.rendering``): at
+    a large display size that encoding is most of a fast job's time, and a PACS caller never needs it.
+    (An outputs=dicom job's DICOM files are added after scoring: ``_add_dicom``.)"""
     png = "png" in member.job.outputs
-    files = {"input.png": render.png_bytes(member.display)} if png else {}
+    files = {}
+    if png and member.display.size <= RAW_DISPLAY_MAX_VALUES:
+        files[DISPLAY_COPY] = member.display_blob
+    elif png:  # a large colour copy would hold up to 3 MiB until the first download: keep it as its PNG
+        files[INPUT_PNG] = render.png_bytes(member.display)
     for method, result in results.items():
         prefix = _prefix(method, results)
-        heatmap = _stored_heatmap(result, member)
-        files[prefix + RAW_HEATMAP] = encode_heatmap(heatmap)
+        files[prefix + RAW_HEATMAP] = encode_heatmap(_stored_heatmap(result, member))
         if png:
-            files |= {prefix + name: blob for name, blob in render.heatmap_images(heatmap, member.display).items()}
             files |= {f"{prefix}{name}.png": render.png_bytes(pixels) for name, pixels in result.images.items()}
     return files
 

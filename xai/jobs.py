@@ -168,18 +168,29 @@ class ExplainResult(_Contract):
 # serves it as float32 NPY at that resolution (heatmap_model.npy) or enlarged to the input's (heatmap.npy).
 RAW_HEATMAP = "heatmap.f16"
 DERIVED_HEATMAPS = ("heatmap.npy", "heatmap_model.npy")
+# An outputs=png job also stores the input's display copy (uint8, at most the display cap; a large colour
+# one as input.png); the gateway renders input.png and each heatmap's PNGs from it on the first download
+# of any of them, stores those and drops the copy (input.png holds the same pixels, losslessly).
+DISPLAY_COPY = "display.u8"
+INPUT_PNG = "input.png"
+RENDERED_PER_HEATMAP = ("heatmap.png", "overlay.png")
 
 
 def public_files(stored: list[str] | dict[str, bytes]) -> list[str]:
-    """The file names a caller sees for the names a job stored: each raw heatmap becomes its NPY forms."""
+    """The file names a caller sees for the names a job stored: each raw heatmap becomes its NPY forms and,
+    with a display copy, its PNGs; the display copy becomes input.png."""
+    renders = DISPLAY_COPY in stored or INPUT_PNG in stored
     names = []
     for name in stored:
         prefix, _, base = name.rpartition("/")
         if base == RAW_HEATMAP:
-            names += [f"{prefix}/{derived}" if prefix else derived for derived in DERIVED_HEATMAPS]
+            derived = DERIVED_HEATMAPS + (RENDERED_PER_HEATMAP if renders else ())
+            names += [f"{prefix}/{file}" if prefix else file for file in derived]
+        elif name == DISPLAY_COPY:
+            names.append(INPUT_PNG)
         else:
             names.append(name)
-    return sorted(names)
+    return sorted(set(names))
 
 
 class ErrorBody(_Contract):

@@ -1,9 +1,10 @@
 """Where finished jobs' files live: one small interface, a Redis and a filesystem implementation. Torch-free.
 
-The worker writes a job's files once (``put``); the gateway reads them (``get``, ``names``) and
-erases them on DELETE (``purge``). Redis suits the embedded default and small deployments (files
+The worker writes a job's files once (``put``); the gateway reads them (``get``, ``names``), adds the
+PNGs it renders on first download in place of the display copy (``put``, ``discard``) and erases them
+on DELETE (``purge``). Redis suits the embedded default and small deployments (files
 expire with the job's TTL); a shared volume suits larger ones, where keeping images in Redis's
-memory would crowd out the queue. An object store is a third class with the same four methods.
+memory would crowd out the queue. An object store is a third class with the same five methods.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class ResultStore(Protocol):
 
     def names(self, job_id: str) -> list[str]:
         """The names of a job's stored files, sorted."""
+
+    def discard(self, job_id: str, name: str) -> None:
+        """Erase one file of a job (nothing happens if there is no such file)."""
 
     def purge(self, job_id: str) -> None:
         """Erase every file of a job (nothing happens if it has none)."""
@@ -74,6 +78,12 @@ class RedisResultStore:
 
     def names(self, job_id: str) -> list[str]:
         return sorted(n.decode() for n in self.redis.smembers(self._index(job_id)))
+
+    def discard(self, job_id: str, name: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(self._index(job_id), name)
+            pipe.delete(self._file(job_id, name))
+            pipe.execute()
 
     def purge(self, job_id: str) -> None:
         names = self.names(job_id)
@@ -122,6 +132,10 @@ class FileResultStore:
         if not folder.is_dir() or self._expired(folder):
             return []
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != self._EXPIRY)
+
+    def discard(self, job_id: str, name: str) -> None:
+        if FILE_NAME.fullmatch(name):
+            (self._folder(job_id) / name).unlink(missing_ok=True)
 
     def purge(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)

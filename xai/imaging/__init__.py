@@ -1,4 +1,4 @@
-"""Image and DICOM decoding: encoded bytes -> canonical image, torch-free and environment-free.
+"""Image and DICOM decoding (encoded bytes -> canonical image) and result rendering, torch-free and environment-free.
 
 The gateway's ingest and the training code on image folders both use this package, so an image
 is read the same way everywhere. Public API::
@@ -9,7 +9,8 @@ is read the same way everywhere. Public API::
 
 Canonical image: float32, ``H x W`` or ``H x W x 3``, values in [0, 1] (intensity rules in
 ``canonical``, DICOM processing in ``dicom``, PNG/JPEG/TIFF in ``raster``). ``meta`` only holds an
-allow-list of non-identifying fields.
+allow-list of non-identifying fields. ``render`` turns a heatmap into the PNGs a caller downloads (the
+worker's DICOM Secondary Capture and the gateway's PNGs, rendered on first download, share it).
 
 Errors are ``xai.errors.ServiceError`` with a code of ``xai.errors.ErrorCode`` (which holds each HTTP status).
 """
