@@ -35,7 +35,7 @@ from pydicom.uid import (
 
 from xai.errors import ServiceError
 from xai.imaging import ACCEPTED_FORMATS, DecodeLimits, decode_annotation, decode_image, sniff_format
-from xai.imaging.canonical import min_max
+from xai.imaging.canonical import min_max, to_unit_range
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -1046,3 +1046,18 @@ def test_sample_script_rebuilds_the_committed_examples(tmp_path):
     for path in dicom_files:
         # Deterministic UIDs and no dates: the script reproduces the committed files byte for byte.
         assert path.read_bytes() == example(path.name), path.name
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_the_float32_division_of_stored_values_equals_the_float64_path_for_every_value(bits):
+    """to_unit_range divides in float32 for speed; for every value of every bit depth the result is the
+    float32 rounding of the exact (float64) quotient, so the shortcut changes no pixel."""
+    values = np.arange(2**bits, dtype=np.uint16)
+    pixels, rule = to_unit_range(values, declared_bits=bits)
+    assert rule == f"bit_range:{bits}"
+    assert np.array_equal(pixels, (values.astype(np.float64) / (2**bits - 1)).astype(np.float32))
+
+
+def test_8_bit_values_divide_by_255_exactly():
+    values = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(to_unit_range(values)[0], (values / 255.0).astype(np.float32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -35,3 +37,12 @@ def test_an_upload_shrunk_in_the_gateway_is_what_the_model_would_have_seen(chann
                                                        ((4000, 1000), 1024, (1024, 256)), ((1, 5000), 64, (1, 64))])
 def test_the_display_size_keeps_the_aspect_ratio_and_never_enlarges(size, cap, expected):
     assert fit_within(*size, cap) == expected
+
+
+@pytest.mark.parametrize(("source", "target"), [((3000, 2500), (64, 64)), ((700, 500, 3), (224, 224)),
+                                                ((513, 1024), (1000, 20)), ((600, 64), (300, 64))])
+def test_the_row_pass_in_two_bands_gives_exactly_the_one_pass_result(source, target):
+    image = np.random.default_rng(2).random(source, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        banded = resize(image, *target, pool=pool)
+    assert np.array_equal(banded, resize(image, *target))

@@ -151,10 +151,10 @@ def to_unit_range(values: np.ndarray, *, declared_bits: int | None = None) -> tu
         return min_max(values), "minmax"
     bits = significant_bits(values, declared_bits)
     if values.dtype.itemsize <= 2:
-        # A table of every value 8 or 16 bits can hold, made as below: one gather instead of two passes
-        # through float64 (a 3000 px upload spent 0.2 s there), with the same float32 results.
-        table = (np.arange(2 ** (8 * values.dtype.itemsize), dtype=np.float64) / (2**bits - 1)).astype(np.float32)
-        return table[values], f"bit_range:{bits}"
+        # One float32 division: for every value 8 or 16 bits can hold it gives the float64 path's float32
+        # result (tests/test_imaging.py checks each), in one pass (a 3000 px upload spent 0.2 s in float64,
+        # and 15 ms in a table look-up).
+        return np.true_divide(values, np.float32(2**bits - 1), dtype=np.float32), f"bit_range:{bits}"
     # float64 first: 32-bit data would lose its low bits in a float32 division.
     return (values.astype(np.float64) / (2**bits - 1)).astype(np.float32), f"bit_range:{bits}"
 
