@@ -74,10 +74,10 @@ def job_inputs(
     if height * width < PARALLEL_RESIZE_PIXELS:  # a thread pool costs a small upload more than it saves
         model_size = resize(pixels, spec.height, spec.width)
         display = resize(pixels, *display_size, for_display=True)
-    else:  # the display shrink beside the model's, whose row pass runs as two bands (Pillow frees the GIL)
-        with ThreadPoolExecutor(max_workers=3) as pool:
+    else:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # two passes over a large upload, side by side (no GIL)
             display_future = pool.submit(resize, pixels, *display_size, for_display=True)
-            model_size = resize(pixels, spec.height, spec.width, pool=pool)
+            model_size = resize(pixels, spec.height, spec.width)
             display = display_future.result()
     inputs = {input_key(job_id): encode_canonical(model_size), display_key(job_id): encode_display(display)}
     if keep_native:
