@@ -229,3 +229,32 @@ def test_two_workers_on_one_queue_compute_every_job_exactly_once(client, setting
         assert len(results) == 1, f"{job_id} was computed {len(results)} times"
         computed_by.add(results[0].worker_name)
     assert len(computed_by) == 2  # both workers took part
+
+
+def test_a_batchs_inputs_stay_until_each_jobs_end_is_recorded(client, settings, monkeypatch):
+    """A worker killed after computing a batch but before recording its ends must leave the inputs to the
+    retries (which would otherwise fail with input_expired): each job's input is deleted only after RQ
+    (the leader) or its claim (a peer) has recorded the end."""
+    from rq.worker import BaseWorker
+
+    from tests.test_api import work
+    from workers import claim
+
+    connection = Redis.from_url(settings.redis_url)
+    job_ids = [submit(client, png(mnist_digit(3, i))).json()["job_id"] for i in range(3)]
+    present_at_end: dict[str, bool] = {}
+
+    def observed(original, job_of):
+        def record(*args, **kwargs):
+            job_id = job_of(args, kwargs)
+            present_at_end[job_id] = all(connection.exists(key) for key in input_keys(job_id)[:2])
+            return original(*args, **kwargs)
+        return record
+
+    monkeypatch.setattr(claim, "finish", observed(claim.finish, lambda args, kwargs: args[0].job.id))
+    monkeypatch.setattr(BaseWorker, "handle_job_success",  # what ExplainWorker's calls to record the leader's end
+                        observed(BaseWorker.handle_job_success, lambda args, kwargs: args[1].id))
+    work(settings)
+    assert all(_status(client, job_id) == "finished" for job_id in job_ids)
+    assert present_at_end == dict.fromkeys(job_ids, True)  # a leader and two peers, each with its input
+    assert not [key for job_id in job_ids for key in input_keys(job_id) if connection.exists(key)]

@@ -71,11 +71,7 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:  # a shared stage failed (or timed out): every job of the batch ends so
         body = error_body(error, leader.job_id)
         ends = {job.job_id: body for job in batch}
-    finally:
-        held = _still_held(ctx, leader.job_id, leader_job, execution, peers)
-        # A job RQ took back keeps its input for its retry.
-        ctx.connection.delete(*(key for job in batch if job.job_id in held for key in input_keys(job.job_id)))
-        mark_patient_data_deleted(ctx.connection)
+    held = _still_held(ctx, leader.job_id, leader_job, execution, peers)
     for peer in peers:
         if peer.job.id in held:
             outcome = _outcome(ctx, peer.request.job_id, ends, progress.canceled)
@@ -83,6 +79,9 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
             _close_peer(ctx, peer, *outcome)
         else:
             peer.closed = True
+    # The leader's input goes when RQ has recorded its end (ExplainWorker); outside a worker, now.
+    release_inputs(ctx.connection, [p.job.id for p in peers if p.job.id in held]
+                   + ([leader.job_id] if leader_job is None else []))
     if leader.job_id not in held:
         return {}  # ExplainWorker drops this outcome (its lease is lost); the retry's is kept
     result, error = _outcome(ctx, leader.job_id, ends, progress.canceled)
@@ -92,6 +91,17 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
         raise JobCancelled(leader.job_id) if error["code"] == ErrorCode.CANCELED else JobFailed(error)
     _mark(leader_job, Stage.FINISHED)
     return result
+
+
+def release_inputs(connection: Redis, job_ids: list[str]) -> None:
+    """Delete the uploads of jobs whose end is recorded. Not before: a worker killed between computing a
+    job and recording its end leaves the input to the retry RQ's abandoned-job cleanup starts. (A job
+    RQ took back from this worker keeps its input for that retry too.)"""
+    if job_ids:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.delete(*(key for job_id in job_ids for key in input_keys(job_id)))
+            mark_patient_data_deleted(pipe)
+            pipe.execute()
 
 
 def _send_if_asked(ctx: WorkerContext, request: ExplainJob, job: Job | None, result: dict[str, Any] | None) -> None:

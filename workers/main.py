@@ -21,7 +21,7 @@ from rq.worker import WorkerStatus
 
 from workers import claim, jobs
 from workers.runtime import WorkerContext, set_torch_threads
-from xai.jobs import announce_end
+from xai.jobs import EXPLAIN_ENTRY, announce_end
 from xai.persistence import rewrite_if_patient_data_deleted
 from xai.settings import Settings
 
@@ -45,6 +45,7 @@ class ExplainWorker(SimpleWorker):
         if not self._lease_lost(job):
             super().handle_job_success(job, queue, started_job_registry)
             announce_end(self.connection, job.id)
+            self._release_input(job)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = "") -> None:
         if self._lease_lost(job):
@@ -54,6 +55,12 @@ class ExplainWorker(SimpleWorker):
         job.retries_left = 0
         super().handle_job_failure(job, queue, started_job_registry, exc_string)
         announce_end(self.connection, job.id)
+        self._release_input(job)
+
+    def _release_input(self, job: Job) -> None:
+        """An explanation's upload goes once its end is recorded (its peers' go in ``jobs.run_explanation``)."""
+        if job.func_name == EXPLAIN_ENTRY:
+            jobs.release_inputs(self.connection, [job.id])
 
     def _lease_lost(self, job: Job) -> bool:
         """True when RQ took ``job`` back while this worker was cut off (claim.still_held); its outcome is dropped."""
