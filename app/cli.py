@@ -121,11 +121,15 @@ def _with_bind(settings: Settings, args) -> Settings:
 
 def _gateway(args, settings: Settings) -> int:
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
     from service.main import create_app
 
     settings = _with_bind(settings, args)
     _require_redis(settings)
+    # Each request is one thread's work; BLAS's own threads (the shrink to the model's size is two matrix
+    # products) would only wake, spin and compete with the workers on the same cores.
+    threadpool_limits(1, user_api="blas")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 

@@ -89,18 +89,23 @@ class GroupProgress:
     trip). Progress never goes backwards: a stage entered later that maps onto an earlier part of
     the span is shown at the furthest point reached. A cancel request for a job marks it in
     ``canceled``; the batch goes on for the others, and stops (``JobCancelled``) once every job of it
-    is canceled. Saves are throttled so a tight optimisation loop does not flood Redis; stage
-    changes always save.
+    is canceled. Saves are throttled (``min_interval_s``), stage changes too: a fast job passes all
+    its stages in milliseconds, and a round trip for each would cost it more than some of the stages
+    do; a stage not yet saved goes with the next save. Cancel flags are read at most every
+    ``CANCEL_CHECK_S``.
     """
+
+    CANCEL_CHECK_S = 0.1
 
     def __init__(self, jobs: list[Job], connection: Redis | None, min_interval_s: float = 0.5):
         self.jobs = jobs
         self.connection = connection
         self.min_interval_s = min_interval_s
         self.canceled: set[str] = set()
-        self._last_save = 0.0
+        self._last_save = self._last_check = float("-inf")
         self._span = (0.0, 1.0)
         self._reached = 0.0
+        self._unsaved: dict[str, str] = {}
         # A job re-run after its worker was lost keeps the progress its first run reached until this run
         # passes it, so that what a caller polls never goes backwards.
         self._floor = {job.id: float(job.meta.get("progress", 0.0)) for job in jobs}
@@ -109,22 +114,25 @@ class GroupProgress:
         """Enter a stage; ``span`` maps the stage's own 0..1 progress onto a part of the job's."""
         if span is not None:
             self._span = span
-        self._save(stage=stage.value, progress=self._span[0], force=True)
+        self._save(stage=stage.value, progress=self._span[0])
 
     def __call__(self, fraction: float, note: str | None = None) -> None:
         start, end = self._span
         self._save(progress=start + (end - start) * min(max(fraction, 0.0), 1.0), note=note)
 
-    def _save(self, *, progress: float, force: bool = False, **fields: str | None) -> None:
+    def _save(self, *, progress: float, **fields: str | None) -> None:
         if not self.jobs or self.connection is None:
             return
-        self._check_cancel()  # on every call, so a cancel stops a long method within one of its iterations
         now = time.monotonic()
-        if not force and now - self._last_save < self.min_interval_s:
+        if now - self._last_check >= min(self.CANCEL_CHECK_S, self.min_interval_s):
+            self._last_check = now
+            self._check_cancel()  # so a cancel stops a long method within one of its iterations
+        self._reached = max(self._reached, progress)
+        self._unsaved |= {k: v for k, v in fields.items() if v is not None}
+        if now - self._last_save < self.min_interval_s:
             return
         self._last_save = now
-        self._reached = max(self._reached, progress)
-        update = {k: v for k, v in fields.items() if v is not None}
+        update, self._unsaved = self._unsaved, {}
         with self.connection.pipeline(transaction=False) as pipe:
             for job in self.jobs:
                 if job.id not in self.canceled:
