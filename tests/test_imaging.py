@@ -1061,3 +1061,15 @@ def test_the_float32_division_of_stored_values_equals_the_float64_path_for_every
 def test_8_bit_values_divide_by_255_exactly():
     values = np.arange(256, dtype=np.uint8)
     assert np.array_equal(to_unit_range(values)[0], (values / 255.0).astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_plain_png_decodes_to_exactly_pillows_samples(mode):
+    """8-bit grey and RGB PNGs are decoded by libpng straight into an array; the samples are Pillow's."""
+    rng = np.random.default_rng(3)
+    shape = (37, 53) if mode == "L" else (37, 53, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    decoded = decode_image(data, limits=DecodeLimits())
+    assert np.array_equal(np.round(decoded.pixels * 255).astype(np.uint8), np.asarray(Image.open(io.BytesIO(data))))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image
@@ -126,8 +127,10 @@ def _decode_with_pillow(data: bytes, fmt: str, *, frame: int | None, limits: Dec
         check_frame_count(number_of_frames, limits, source="the number of frames")
         index = resolve_frame(frame, number_of_frames, source="the number of frames")
         image.seek(index)
-        image.load()
-        stored = _pillow_samples(image)
+        stored = _plain_png_samples(data, image) if fmt == "png" and number_of_frames == 1 else None
+        if stored is None:
+            image.load()
+            stored = _pillow_samples(image)
         declared = _png_significant_bits(data) if fmt == "png" else None
         pixels, intensity = to_unit_range(stored, declared_bits=declared)
         meta: dict[str, Any] = {}
@@ -135,6 +138,20 @@ def _decode_with_pillow(data: bytes, fmt: str, *, frame: int | None, limits: Dec
             meta["reduced_to_8_bit"] = True
         bits = data[24] if fmt == "png" else (8 if fmt == "jpeg" else None)
         return _result(pixels, fmt, number_of_frames, index, bits=bits, intensity=intensity, **meta)
+
+
+def _plain_png_samples(data: bytes, image: Image.Image) -> np.ndarray | None:
+    """An 8-bit grey or RGB PNG's samples decoded by libpng straight into an array (Pillow decodes into its
+    own buffer and then copies it: 9 ms more on a 3000 px upload); None for any other PNG, or one libpng
+    refuses, which Pillow then decodes (and names what is wrong with it)."""
+    if image.mode not in ("L", "RGB") or "transparency" in image.info:
+        return None
+    try:
+        samples = imagecodecs.png_decode(data)
+    except Exception:  # noqa: BLE001 - Pillow's decode gives the caller's error
+        return None
+    expected = (image.height, image.width) if image.mode == "L" else (image.height, image.width, 3)
+    return samples if samples.dtype == np.uint8 and samples.shape == expected else None
 
 
 def _pillow_samples(image: Image.Image) -> np.ndarray:
