@@ -16,7 +16,7 @@ are taken among the images with a Cardiomegaly box first). Rows:
 
 Usage:
     .venv/bin/python bench/syce_grid.py [--models mnist-3v8,nih-cardiomegaly,busi-malignancy]
-        [--per-side 3] [--out docs/syce]
+        [--per-side 3] [--out docs/syce] [--demo-dir models/demo]
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def choose(sides: torch.Tensor, names: list[str] | None, model_id: str, size, pe
     return positive[:per_side] + negative[:per_side]
 
 
-def grid(model_id: str, per_side: int, out: Path) -> Path:
-    folder = DEMO_DIR / model_id
+def grid(model_id: str, per_side: int, out: Path, demo_dir: Path = DEMO_DIR) -> Path:
+    folder = demo_dir / model_id
     manifest = ModelManifest.model_validate_json((folder / "manifest.json").read_text())
     classifier = load_classifier(manifest, folder / manifest.weights_file, "cpu")
     _, test = demo.DEMOS[model_id].splits(DATA, manifest.input)
@@ -165,10 +165,13 @@ def main() -> None:
     parser.add_argument("--per-side", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "syce")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--demo-dir", type=Path, default=DEMO_DIR, help="folder of the demo models (e.g. a staging copy)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for model_id in args.models.split(","):
-        print(grid(model_id, args.per_side, args.out))
+        print(grid(model_id, args.per_side, args.out, args.demo_dir))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,15 @@ import pytest
 import torch
 from torch import nn
 
+from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, widths_for_size
-from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.training.syce import (
     CHECKPOINT_NAME,
     evaluate_pair,
     gradient_penalty,
+    make_plan,
+    roughness,
     train,
     transfer_rate,
     transferred,
@@ -329,6 +331,45 @@ def test_specificity_term_carries_each_change_to_the_next_image_of_the_batch(tmp
     summary = train(HalvesClassifier(), halves_images(16), tmp_path, params, no_progress, "cpu")
     assert "specificity" in summary["final"]["losses"]
     assert training_spec("syce").resolve_params({})["weight_specificity"] == 0.0  # the paper's objective
+
+
+def test_roughness_is_the_high_frequency_part_of_a_change():
+    n, a = SIZE, 0.1
+    rows, cols = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    checkerboard = (a * (1 - 2 * ((rows + cols) % 2))).float()[None, None]  # +a / -a
+    # Inside, a pixel's 3 x 3 box holds 5 of its own sign and 4 of the other: |a - a/9| = 8a/9. With
+    # the border replicated, the 4 (n - 2) edge pixels get 10a/9 and the 4 corners 8a/9.
+    assert float(roughness(checkerboard)) == pytest.approx(a * (8 * n * n + 8 * n - 16) / (9 * n * n), rel=1e-5)
+    assert float(roughness(torch.full((2, 1, n, n), 0.3))) == pytest.approx(0.0, abs=1e-7)  # constant
+    # A linear ramp: 0 inside, s/3 in the first and last column (the replicated edge): 2s / 3n.
+    slope = 1 / n
+    ramp = (slope * cols).float()[None, None]
+    assert float(roughness(ramp)) == pytest.approx(2 * slope / (3 * n), rel=1e-5)
+    bump = torch.exp(-((rows - n / 2) ** 2 + (cols - n / 2) ** 2) / (2 * 4.0**2))[None, None] * a
+    assert float(roughness(bump)) < 0.05 * float(roughness(checkerboard))
+
+
+def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
+    plan = make_plan({}, (1, SIZE, SIZE), 2, 1)
+    assert plan.weights["weight_smoothness"] == 0.0  # the paper's objective
+    assert make_plan({"weight_smoothness": 2}, (1, SIZE, SIZE), 2, 1).weights["weight_smoothness"] == 2.0
+    for bad in (-1.0, "much", float("nan")):
+        with pytest.raises(InvalidInput) as error:
+            make_plan({"weight_smoothness": bad}, (1, SIZE, SIZE), 2, 1)
+        assert error.value.code == "invalid_params"
+    with pytest.raises(InvalidInput) as error:  # other names are still refused
+        make_plan({"weight_smoothnes": 1.0}, (1, SIZE, SIZE), 2, 1)
+    assert error.value.code == "invalid_params"
+    images, classifier = halves_images(32), HalvesClassifier()
+    rough = {}
+    for weight in (0.0, 100.0):
+        params = {**FAST, "epochs": 2, "weight_smoothness": weight}
+        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
+        # At weight 0 the term is not computed (no loss entry); above 0 it is, times the weight.
+        assert ("smoothness" in summary["final"]["losses"]) == (weight > 0)
+        assert summary["params"]["weight_smoothness"] == weight
+        rough[weight] = summary["final"]["validation_mean_change_roughness"]
+    assert rough[100.0] < 0.5 * rough[0.0]
 
 
 def test_a_universal_patch_transfers_to_every_image():

@@ -13,7 +13,11 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   cycle reconstruction ``||x - G[1-s](G[s](x))||`` (MSE + MAE) and its classification as side ``s``;
   SyCE adds symmetry reconstruction ``||x - G[s](G[s](x))||`` and its classification as side ``s``.
   Ours, off by default (``weight_specificity``): another image of the batch plus this image's
-  change ``G[s](x) - x`` classified as side ``s`` (``transferred``).
+  change ``G[s](x) - x`` classified as side ``s`` (``transferred``). Ours too, off by default
+  (``weight_smoothness``): the roughness (``roughness``: mean absolute difference from its own
+  3 x 3 box blur) of the change ``G[s](x) - x`` plus, for SyCE, that of the stable pass
+  ``G[s](G[s](x)) - G[s](x)`` (the SyCE heatmap), against changes that flip a fragile classifier
+  with a checkerboard or stripe texture instead of a smooth edit.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -403,6 +407,13 @@ class TrainingRun:
             terms["specificity"] = w["weight_specificity"] * F.binary_cross_entropy_with_logits(
                 log_odds[-1], own
             )
+        if w["weight_smoothness"] > 0:
+            # The change of each pass whose output is shown: G(x) - x, and for SyCE also the stable
+            # pass G(G(x)) - G(x), which is the SyCE heatmap.
+            rough = roughness(adversarial - source)
+            if self.plan.variant == "syce":
+                rough = rough + roughness(generated[2] - adversarial)
+            terms["smoothness"] = w["weight_smoothness"] * rough
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}, adversarial.detach()
 
@@ -539,9 +550,11 @@ def evaluate_pair(
         input (the paper's Table 1(a) reports 1 - this); ``flip_rate_by_side``: the same for inputs
         outside / inside the explained class; ``stable_keeps_side``: share of stable images G(G(x))
         decided like the input (SyCE only, else None); ``mean_abs_change``: mean |G(x) - x|;
-        ``images``: N.
+        ``mean_change_roughness``: mean ``roughness`` of G(x) - x (a texture's high-frequency part);
+        ``mean_stable_change_roughness``: that of G(G(x)) - G(x), the SyCE heatmap (SyCE only, else
+        None); ``images``: N.
     """
-    flipped, kept, change, sides_all = [], [], [], []
+    flipped, kept, change, rough, rough_stable, sides_all = [], [], [], [], [], []
     with torch.inference_mode():
         for chunk in images.split(PREDICTION_BATCH):
             chunk = chunk.to(device, torch.float32)
@@ -549,8 +562,11 @@ def evaluate_pair(
             adversarial = pair.translate(chunk, sides)
             flipped.append((pair.sides(classifier(adversarial)) != sides).cpu())
             if pair.variant == "syce":
-                kept.append((pair.sides(classifier(pair.translate(adversarial, sides))) == sides).cpu())
+                stable = pair.translate(adversarial, sides)
+                kept.append((pair.sides(classifier(stable)) == sides).cpu())
+                rough_stable.append(roughness(stable - adversarial).cpu() * len(chunk))
             change.append((adversarial - chunk).abs().flatten(1).mean(1).cpu())
+            rough.append(roughness(adversarial - chunk).cpu() * len(chunk))
             sides_all.append(sides.cpu())
     flipped_all, sides = torch.cat(flipped).float(), torch.cat(sides_all)
     return {
@@ -560,6 +576,10 @@ def evaluate_pair(
         ],
         "stable_keeps_side": round(float(torch.cat(kept).float().mean()), 4) if kept else None,
         "mean_abs_change": round(float(torch.cat(change).mean()), 5),
+        "mean_change_roughness": round(float(sum(rough)) / len(images), 5),
+        "mean_stable_change_roughness": (
+            round(float(sum(rough_stable)) / len(images), 5) if rough_stable else None
+        ),
         "images": len(images),
     }
 
@@ -635,6 +655,18 @@ def transferred(source: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
     images).
     """
     return (source + (generated - source).roll(1, dims=0)).clamp(0, 1)
+
+
+def roughness(change: torch.Tensor) -> torch.Tensor:
+    """Mean ``|change - box blur of change|`` (3 x 3, edges replicated) over a ``B x C x H x W`` change.
+
+    The high-frequency part of the change: 0 for a constant change, near 0 for a smooth one (exactly
+    0 for a linear ramp away from the image border), ``8/9 a`` for a checkerboard of amplitude ``a``.
+    The ``weight_smoothness`` term; ``evaluate_pair`` reports it per image (``mean_change_roughness``).
+    """
+    padded = F.pad(change, (1, 1, 1, 1), mode="replicate")
+    blurred = F.avg_pool2d(padded, kernel_size=3, stride=1)
+    return (change - blurred).abs().mean()
 
 
 def mse_mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

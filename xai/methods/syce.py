@@ -28,6 +28,7 @@ VARIANTS = ("syce", "cyce")
 #   weight_gradient_penalty  (||grad D(interpolate)|| - 1)^2 on the discriminators
 #   weight_specificity     BCE(own side, f(x' + G(x) - x)) for another image x' of the batch (ours,
 #                          not in the paper; default 0 = the paper's objective)
+#   weight_smoothness      roughness of G(x) - x (and, SyCE, of G(G(x)) - G(x)) (ours, default 0)
 # The paper's tables as printed: one row of values per problem, in the order of the variant's columns.
 _PRESET_COLUMNS = {
     "syce": (
@@ -115,6 +116,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "Not in the paper: another image of the batch plus this image's change G(x) - x must keep "
             "its decision, so that the change is a counterfactual of x and not a universal adversarial "
             "pattern (which a fragile classifier admits); 0 = the paper's objective", 0.0, 1000.0,
+        ),
+        Param(
+            "weight_smoothness", "float", 0.0,
+            "Not in the paper: roughness (mean |change - its 3 x 3 box blur|) of the change G(x) - x "
+            "plus, for SyCE, of G(G(x)) - G(x), against checkerboard and stripe textures that flip a "
+            "fragile classifier; 0 = the paper's objective", 0.0, 1000.0,
         ),
         Param(
             "base_width", "int", 16, "Generator width at full resolution (doubles per level, max 4x)", 4, 64
