@@ -21,6 +21,7 @@ from xai.jobs import annotation_key, display_key, input_key, native_key
 from xai.settings import Settings
 from xai.wire import encode_canonical, encode_display
 
+
 def limits_from_settings(settings: Settings) -> DecodeLimits:
     """The decode limits configured by ``XAI_MAX_UPLOAD_BYTES``, ``XAI_MAX_PIXELS``, ``XAI_MAX_FRAMES``."""
     return DecodeLimits(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import imagecodecs
 from rq.job import Job
@@ -25,8 +25,6 @@ from xai.errors import NotFound
 from xai.imaging import render
 from xai.jobs import DISPLAY_COPY, INPUT_PNG, RAW_HEATMAP, RENDERED_PER_HEATMAP
 from xai.wire import decode_display, decode_heatmap
-
-RENDERED = (INPUT_PNG, *RENDERED_PER_HEATMAP)
 
 
 def is_rendered(name: str) -> bool:
@@ -67,9 +65,9 @@ def _render(gateway: Gateway, job_id: str, listed: list[str]) -> dict[str, bytes
 
 def _remaining_ttl_s(gateway: Gateway, job: Job) -> int:
     """What is left of the job's result TTL (counted, like the worker's, from its end)."""
-    ended = job.ended_at or datetime.now(timezone.utc)
-    ended = ended if ended.tzinfo else ended.replace(tzinfo=timezone.utc)
-    return max(1, round(gateway.settings.result_ttl_s - (datetime.now(timezone.utc) - ended).total_seconds()))
+    ended = job.ended_at or datetime.now(UTC)
+    ended = ended if ended.tzinfo else ended.replace(tzinfo=UTC)
+    return max(1, round(gateway.settings.result_ttl_s - (datetime.now(UTC) - ended).total_seconds()))
 
 
 _locks: dict[str, threading.Lock] = {}

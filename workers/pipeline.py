@@ -28,6 +28,7 @@ from workers import scoring
 from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
 from xai.errors import NotFound, ServiceError
+from xai.imaging import render
 from xai.imaging.resize import fit_within, resize
 from xai.jobs import (
     DISPLAY_COPY,
@@ -44,7 +45,6 @@ from xai.jobs import (
     public_files,
     source_key,
 )
-from xai.imaging import render
 from xai.wire import decode_canonical, decode_display, encode_display, encode_heatmap
 
 FAITHFULNESS_STEPS = 50

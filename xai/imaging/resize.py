@@ -68,5 +68,6 @@ def shrink_weights(size_in: int, size_out: int) -> np.ndarray:
         first, last = max(int(centre - scale + 0.5), 0), min(int(centre + scale + 0.5), size_in)
         taps = np.maximum(0.0, 1.0 - np.abs((np.arange(first, last) - centre + 0.5) / scale))
         weights[index, first:last] = taps / taps.sum()
-    weights.setflags(write=False)
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)  # shared by every caller through the cache
+    return weights
