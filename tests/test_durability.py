@@ -1,8 +1,12 @@
-"""Nothing accepted is lost: a Redis restart keeps queued jobs (AOF), and they then run to the end."""
+"""Nothing accepted is lost: a Redis restart keeps queued jobs (AOF), and they then run to the end; a job
+running through the restart finishes too."""
 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from models.store import ModelStore
 from service.main import create_app
@@ -26,6 +30,67 @@ def test_queued_job_survives_a_redis_restart(tmp_path):
             job = client.get(f"/v1/jobs/{job_id}").json()
             assert job["status"] == "finished", job
             assert client.get(f"/v1/jobs/{job_id}/heatmap.npy").status_code == 200
+    finally:
+        redis.stop()
+
+
+def test_a_job_running_while_redis_restarts_finishes_once(tmp_path):
+    """Redis stopped and started mid-job: the worker's progress saves and cancel checks fail for a moment, and
+    the job goes on (or its batch runs again once Redis answers) instead of failing ``explanation_failed``."""
+    import time
+
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from tests.test_api import _ended, _wait_for
+    from tests.test_pipeline import _slow_worker
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    settings = Settings(redis_url=redis.url, data_dir=tmp_path / "var", device="cpu", log_level="WARNING")
+    ModelStore(settings.model_store_dir).register_directory(DEMO_DIR / MODEL)
+    worker = _slow_worker(settings)
+    try:
+        with TestClient(create_app(settings)) as client:
+            job_id = submit(client, png(mnist_digit(3)), method="igos_pp", params='{"iterations": 200}').json()["job_id"]
+            _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.15, 120)  # mid-explanation
+            redis.stop()
+            time.sleep(1.5)  # several of the worker's progress saves and cancel checks fall in here
+            redis.start()
+            job = _wait_for(lambda: _ended(client, job_id), 300)
+            results = Job.fetch(job_id, connection=Redis.from_url(settings.redis_url), serializer=JSONSerializer).results()
+        assert job["status"] == "finished", job
+        assert len(results) == 1
+    finally:
+        worker.kill()
+        worker.wait()
+        redis.stop()
+
+
+def test_a_batch_stage_that_meets_a_redis_restart_runs_again_once_redis_answers(tmp_path):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from workers.jobs import _through_redis_outages
+
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    connection = Redis.from_url(redis.url)
+    connection.set("xai:input:x", b"pixels")
+    calls = []
+
+    def read_input() -> bytes:
+        calls.append(time.monotonic())
+        return connection.get("xai:input:x")
+
+    try:
+        redis.stop()
+        threading.Timer(1.0, redis.start).start()
+        ctx = SimpleNamespace(settings=Settings(abandoned_after_s=30))
+        assert _through_redis_outages(ctx, read_input) == b"pixels"  # kept by the append-only file
+        assert len(calls) > 1 and calls[-1] - calls[0] >= 0.9
+        redis.stop()  # longer than the lease: the error reaches the caller (RQ takes the jobs back meanwhile)
+        with pytest.raises(RedisConnectionError):
+            _through_redis_outages(SimpleNamespace(settings=Settings(abandoned_after_s=1)), read_input)
     finally:
         redis.stop()
 

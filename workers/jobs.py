@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import tenacity
 import torch
 from redis import Redis
 from rq import get_current_job
@@ -24,7 +25,7 @@ from rq.timeouts import JobTimeoutException
 
 from workers import claim as claims
 from workers.pipeline import explain_batch
-from workers.runtime import GroupProgress, WorkerContext
+from workers.runtime import REDIS_UNREACHABLE, GroupProgress, WorkerContext
 from xai.errors import ErrorCode, JobCancelled, ServiceError
 from xai.jobs import DeliverJob, Delivery, ExplainJob, ExplainResult, Stage, TrainJob, ValidateJob, input_keys
 from xai.persistence import mark_patient_data_deleted
@@ -67,7 +68,7 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
     progress = GroupProgress([j for j in [leader_job] + [peer.job for peer in peers] if j is not None],
                              ctx.connection)
     try:
-        ends = explain_batch(ctx, batch, progress)
+        ends = _through_redis_outages(ctx, lambda: explain_batch(ctx, batch, progress))
     except Exception as error:  # a shared stage failed (or timed out): every job of the batch ends so
         body = error_body(error, leader.job_id)
         ends = {job.job_id: body for job in batch}
@@ -91,6 +92,23 @@ def run_explanation(payload: dict[str, Any]) -> dict[str, Any]:
         raise JobCancelled(leader.job_id) if error["code"] == ErrorCode.CANCELED else JobFailed(error)
     _mark(leader_job, Stage.FINISHED)
     return result
+
+
+def _through_redis_outages(ctx: WorkerContext, work: Callable[[], Any]) -> Any:
+    """``work()``, run again while Redis is unreachable, for up to the jobs' lease (``abandoned_after_s``).
+
+    A Redis restart mid-batch loses nothing the batch needs (inputs, claims and leases are in its
+    append-only file), so an accepted job must not fail for it. The batch is computed again once Redis
+    answers; an outage longer than the lease lets RQ's cleanup take the jobs back, and ``_still_held``
+    then drops this worker's outcome, so no job is computed twice by two workers.
+    """
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(REDIS_UNREACHABLE), reraise=True,
+        stop=tenacity.stop_after_delay(ctx.settings.abandoned_after_s),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=2),
+        before_sleep=lambda state: log.warning("Redis unreachable mid-batch (attempt %d); the batch runs again "
+                                               "once it answers", state.attempt_number))
+    return retrying(work)
 
 
 def release_inputs(connection: Redis, job_ids: list[str]) -> None:

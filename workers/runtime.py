@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.executions import Execution
 from rq.job import Job
 
@@ -20,6 +23,11 @@ from xai.errors import JobCancelled
 from xai.jobs import Stage, cancel_key
 from xai.results import open_result_store
 from xai.settings import Settings
+
+log = logging.getLogger("xai.worker")
+
+# What redis-py raises while the server is away (a restart, a network cut): transient, worth waiting out.
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 def set_torch_threads(setting: int) -> int:
@@ -124,21 +132,28 @@ class GroupProgress:
         if not self.jobs or self.connection is None:
             return
         now = time.monotonic()
-        if now - self._last_check >= min(self.CANCEL_CHECK_S, self.min_interval_s):
-            self._last_check = now
-            self._check_cancel()  # so a cancel stops a long method within one of its iterations
         self._reached = max(self._reached, progress)
         self._unsaved |= {k: v for k, v in fields.items() if v is not None}
-        if now - self._last_save < self.min_interval_s:
-            return
-        self._last_save = now
-        update, self._unsaved = self._unsaved, {}
+        try:
+            if now - self._last_check >= min(self.CANCEL_CHECK_S, self.min_interval_s):
+                self._last_check = now
+                self._check_cancel()  # so a cancel stops a long method within one of its iterations
+            if now - self._last_save >= self.min_interval_s:
+                self._last_save = now
+                self._write()
+        except REDIS_UNREACHABLE:
+            # Progress is not worth a job: a long method goes on through a Redis restart, and what was
+            # not saved goes with the next save (a cancel flag is read at the next check).
+            log.warning("progress not saved: Redis is unreachable; the job goes on")
+
+    def _write(self) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
             for job in self.jobs:
                 if job.id not in self.canceled:
-                    job.meta.update(update, progress=round(max(self._floor[job.id], self._reached), 4))
+                    job.meta.update(self._unsaved, progress=round(max(self._floor[job.id], self._reached), 4))
                     pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
             pipe.execute()
+        self._unsaved = {}
 
     def _check_cancel(self) -> None:
         flags = self.connection.mget([cancel_key(job.id) for job in self.jobs])
