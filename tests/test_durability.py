@@ -3,16 +3,16 @@ running through the restart finishes too."""
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
 import pytest
+from fastapi.testclient import TestClient
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.embedded import EmbeddedRedis
 from models.store import ModelStore
 from service.main import create_app
 from tests.conftest import DEMO_DIR
 from tests.test_api import MODEL, mnist_digit, png, submit, work
-from app.embedded import EmbeddedRedis
 from xai.settings import Settings
 
 
@@ -105,8 +105,13 @@ def test_a_gateway_killed_while_clients_submit_loses_and_duplicates_nothing(tmp_
     import httpx
     from redis import Redis
 
-    from tests.test_soak import Service, _computed_more_than_once, _wait_for_ends, _wait_until_ready, \
-        submit_until_accepted
+    from tests.test_soak import (
+        Service,
+        _computed_more_than_once,
+        _wait_for_ends,
+        _wait_until_ready,
+        submit_until_accepted,
+    )
 
     jobs, clients = 40, 8
     service = Service(tmp_path)

@@ -12,8 +12,8 @@ from typing import Any
 
 from models.training.data import load_image_folder
 from workers.explainers.base import Progress
-from xai.errors import InvalidInput
 from workers.runtime import GroupProgress, WorkerContext
+from xai.errors import InvalidInput
 from xai.jobs import Stage, TrainJob
 from xai.methods import get_trainable
 
