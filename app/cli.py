@@ -21,6 +21,7 @@ from pathlib import Path
 
 from app import logs
 from app.embedded import PRIVATE_UMASK, make_private_folder
+from app.memory import keep_freed_memory
 from models import DEMO_DIR
 from xai.jobs import QUEUES
 from xai.settings import Settings
@@ -135,6 +136,7 @@ def _gateway(args, settings: Settings) -> int:
     # Pillow's block allocator keeps no freed block by default, so every large upload's image buffers are
     # fresh memory, faulted in and zeroed (a 3000 px float image: about 20 ms); reuse up to 8 of 16 MB.
     Image.core.set_blocks_max(PILLOW_BLOCKS_KEPT)
+    keep_freed_memory()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
@@ -144,6 +146,7 @@ def _worker(args, settings: Settings) -> int:
 
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
+    keep_freed_memory()
     _require_redis(settings)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - set(QUEUES)
