@@ -4,7 +4,10 @@
    flips its decision), stable rate (SyCE: G(G(x)) keeps it) and transfer rate (the change
    ``G(a) - a`` of one image added to another image of the same decision flips that one; a high
    transfer rate means the generator paints a universal adversarial texture, not a counterfactual
-   of the image; ``models.training.syce.transfer_rate``);
+   of the image; ``models.training.syce.transfer_rate``).
+   With ``--through-png`` every image the generators return and every image the classifier is asked
+   about is first rounded to 8 bits, as the API's ``adversarial.png`` carries it and as a caller
+   sends an edited image back: do the figures hold for what a caller downloads?
 1. latency per image of SyCE against integrated gradients (50 steps, the catalogue's defaults) on the
    same model and the same input, as a ratio;
 2. throughput of SyCE explaining n images as one batch (what the fast worker does with n queued
@@ -16,7 +19,7 @@ two sides of each ratio timed alternately so that a change in machine load affec
 
 Usage:
     .venv/bin/python bench/bench_syce.py [--model busi-malignancy] [--parts quality,speed] [--device cpu]
-        [--repeats 9] [--threads N] [--donors 32] [--demo-dir models/demo]
+        [--repeats 9] [--threads N] [--donors 32] [--demo-dir models/demo] [--through-png]
 """
 
 from __future__ import annotations
@@ -66,6 +69,35 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def as_png(images: torch.Tensor) -> torch.Tensor:
+    """What an 8-bit PNG keeps of images in [0, 1]."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+class ClassifiedAsPng(torch.nn.Module):
+    """The classifier asked about each image as an 8-bit PNG of it (a caller's upload) would show it."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(as_png(images))
+
+
+class GeneratedAsPng:
+    """A generator pair whose images are rounded to 8 bits, as ``adversarial.png`` and ``stable.png`` are."""
+
+    def __init__(self, pair):
+        self.pair = pair
+
+    def __getattr__(self, name: str):
+        return getattr(self.pair, name)
+
+    def translate(self, images: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+        return as_png(self.pair.translate(images, sides))
+
+
 def quality(
     classifier: torch.nn.Module,
     folder: Path,
@@ -73,13 +105,18 @@ def quality(
     images: torch.Tensor,
     device: torch.device,
     donors: int,
+    through_png: bool = False,
 ) -> dict:
     """Flip, stable and transfer rate of each shipped variant on ``images``."""
     report = {}
+    if through_png:
+        classifier = ClassifiedAsPng(classifier)
     for variant in ("syce", "cyce"):
         if variant not in manifest.artifacts:
             continue
         pair = load_artifact(folder / manifest.artifacts[variant], device)
+        if through_png:
+            pair = GeneratedAsPng(pair)
         own = evaluate_pair(classifier, pair, images, device)
         report[variant] = {**own, **transfer_rate(classifier, pair, images, device, donors)}
     return report
@@ -94,6 +131,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--donors", type=int, default=32, help="images per side whose change is transferred")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder of the demo models")
+    parser.add_argument("--through-png", action="store_true", help="quality of the images as 8-bit PNGs carry them")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,8 +142,9 @@ def main() -> None:
     _, test = demo.DEMOS[args.model].splits(demo.DEFAULT_DATA_ROOT, manifest.input)
     parts = args.parts.split(",")
     if "quality" in parts:
-        figures = quality(classifier, folder, manifest, test.images, device, args.donors)
-        print(json.dumps({"model": args.model, "split": "test", "quality": figures}, indent=2), flush=True)
+        figures = quality(classifier, folder, manifest, test.images, device, args.donors, args.through_png)
+        print(json.dumps({"model": args.model, "split": "test", "through_png": args.through_png, "quality": figures},
+                         indent=2), flush=True)
     if "speed" in parts:
         print(json.dumps(speed(classifier, folder, manifest, test.images, device, args.repeats), indent=2))
 
