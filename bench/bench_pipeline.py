@@ -1,4 +1,5 @@
-"""The service end to end as a client sees it: input-size cost, method cost, batching, overhead, scale-out.
+"""The service end to end as a client sees it: input-size cost, method cost, batching, overhead, scale-out,
+and every method of the catalogue.
 
 Starts the real thing in a scratch folder: an embedded Redis, the gateway (``xai gateway``, uvicorn)
 and worker processes (``xai worker``), with the demo models registered; talks to it over HTTP like a
@@ -9,6 +10,7 @@ Run by hand (about 5 minutes on 2 CPU cores):
     .venv/bin/python bench/bench_pipeline.py                 # all five parts
     .venv/bin/python bench/bench_pipeline.py --parts batching,overhead
     .venv/bin/python bench/bench_pipeline.py --image my_1024px_chest_xray.png
+    .venv/bin/python bench/bench_pipeline.py --device cuda --parts methods   # workers on the GPU
 
 The chest X-ray is a real NIH image (``--image``, default examples/00000211_019.png, 256 px) resized
 to each size; since an enlarged image is smoother than a real one of that size (so it decodes and
@@ -42,9 +44,9 @@ from rq.serializers import JSONSerializer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.embedded import EmbeddedRedis  # noqa: E402
-from models import DEMO_DIR  # noqa: E402
-from models.store import ModelStore  # noqa: E402
+from app.embedded import EmbeddedRedis
+from models import DEMO_DIR
+from models.store import ModelStore
 
 TERMINAL = {"finished", "failed", "canceled"}
 LONG_POLL_S = 30
@@ -54,12 +56,13 @@ POLL_S = 0.005
 class Service:
     """Redis, gateway and ``workers`` worker processes on ``queues``, in a scratch folder; stop() ends them."""
 
-    def __init__(self, scratch: Path, *, workers: int = 1, queues: str = "fast,slow", env: dict[str, str] | None = None):
+    def __init__(self, scratch: Path, *, workers: int = 1, queues: str = "fast,slow", device: str = "cpu",
+                 env: dict[str, str] | None = None):
         self.redis_server = EmbeddedRedis(scratch / "redis", appendonly=False).start()
         self.redis = Redis.from_url(self.redis_server.url)
         port = _free_port()
         self.env = os.environ | {"XAI_REDIS_URL": self.redis_server.url, "XAI_DATA_DIR": str(scratch),
-                                 "XAI_DEVICE": "cpu", "XAI_LOG_LEVEL": "WARNING", "XAI_PORT": str(port),
+                                 "XAI_DEVICE": device, "XAI_LOG_LEVEL": "WARNING", "XAI_PORT": str(port),
                                  **(env or {})}
         store = ModelStore(scratch / "models")
         for folder in sorted(DEMO_DIR.glob("*/manifest.json")):
@@ -69,8 +72,20 @@ class Service:
         self.processes += [subprocess.Popen([*command, "worker", "--queues", queues], env=self.env, cwd=REPO)
                            for _ in range(workers)]
         self.url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _answers(self.url + "/healthz"), 60)
-        _wait_until(lambda: len(self.redis.smembers("rq:workers")) >= workers, 120)
+        try:
+            _wait_until(lambda: self._running() and _answers(self.url + "/healthz"), 60)
+            _wait_until(lambda: self._running() and len(self.redis.smembers("rq:workers")) >= workers, 120)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _running(self) -> bool:
+        """True while every process runs; a gateway or worker that exited at start (say a missing package)
+        ends the wait at once, with its exit status, instead of after the timeout."""
+        for process in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(process.args[-3:])} exited with status {process.returncode}")
+        return True
 
     def stop(self) -> None:
         for process in self.processes:
@@ -186,6 +201,23 @@ def method_cost(service: Service, image: Path, repeats: int) -> None:
           f"IG {score_ig:.3f} s")
 
 
+def every_method(service: Service, image: Path, repeats: int) -> None:
+    """Each method nih-cardiomegaly offers, at its defaults, on a 1024 px chest X-ray: POST to finished and
+    the worker's explain stage, so that the share of a job that is the method itself shows."""
+    client = Client(service.url)
+    data = chest_xray_png(image, 1024)
+    methods = client.http.get("/v1/models/nih-cardiomegaly").raise_for_status().json()["methods"]
+    print(f"\n## Every method on a 1024 px chest X-ray, nih-cardiomegaly, workers on {service.env['XAI_DEVICE']}")
+    print("method                    median s finished  explain s  explain share  precision")
+    for method in methods:
+        client.explain(data, "nih-cardiomegaly", method)  # warm-up: kernels, caches, artifacts loaded
+        runs = [client.explain(data, "nih-cardiomegaly", method) for _ in range(repeats)]
+        finished = statistics.median(seconds for seconds, _ in runs)
+        explain = statistics.median(job["result"]["timing"]["explain_ms"] for _, job in runs) / 1000
+        precision = runs[-1][1]["result"]["metrics"].get("precision", "-")
+        print(f"{method:24s}  {finished:17.3f}  {explain:9.3f}  {explain / finished:13.0%}  {precision}")
+
+
 def batching(service: Service, count: int) -> None:
     pngs = [mnist_png(i) for i in range(count)]
     client = Client(service.url)
@@ -265,10 +297,10 @@ def _thread_client(url: str, poll_s: float | None) -> Client:
 def _raw_rq_rate(service: Service, clients: int, per_client: int) -> float:
     """No-op jobs (os.getpid) through RQ alone: enqueue, a plain SimpleWorker runs it, the client polls."""
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from redis import Redis; from rq import Queue, SimpleWorker; "
+        [sys.executable, "-c", ("import sys; from redis import Redis; from rq import Queue, SimpleWorker; "
          "from rq.serializers import JSONSerializer; r = Redis.from_url(sys.argv[1]); "
          "SimpleWorker([Queue('noop', connection=r, serializer=JSONSerializer)], connection=r, "
-         "serializer=JSONSerializer).work(logging_level='WARNING')", service.redis_server.url], env=service.env)
+         "serializer=JSONSerializer).work(logging_level='WARNING')"), service.redis_server.url], env=service.env)
     queue = Queue("noop", connection=service.redis, serializer=JSONSerializer)
 
     def round_trip() -> None:
@@ -332,13 +364,14 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--scale-jobs", type=int, default=1000)
     parser.add_argument("--scale-clients", type=int, default=50)
+    parser.add_argument("--device", default="cpu", help="the workers' device (XAI_DEVICE): cpu, cuda, cuda:N")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     print(f"bench_pipeline on {os.cpu_count()} CPU core(s); image {args.image}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        if parts & {"input-size", "method-cost", "overhead"}:
-            service = Service(scratch / "single", workers=1)
+        if parts & {"input-size", "method-cost", "overhead", "methods"}:
+            service = Service(scratch / "single", workers=1, device=args.device)
             try:
                 if "input-size" in parts:
                     input_size(service, args.image, args.repeats)
@@ -346,12 +379,14 @@ def main() -> None:
                     method_cost(service, args.image, args.repeats)
                 if "overhead" in parts:
                     overhead(service, args.clients, args.per_client)
+                if "methods" in parts:
+                    every_method(service, args.image, args.repeats)
             finally:
                 service.stop()
         if "batching" in parts:
             # A worker that finds a batch short waits up to 20 ms for more: concurrent clients' requests
             # arrive over a few milliseconds. (It would only add latency to the single-client parts.)
-            service = Service(scratch / "batching", workers=1,
+            service = Service(scratch / "batching", workers=1, device=args.device,
                               env={"XAI_BATCH_MAX": str(args.batch), "XAI_BATCH_WAIT_MS": "20"})
             try:
                 batching(service, args.batch)
