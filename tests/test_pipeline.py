@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -94,6 +95,39 @@ def test_a_batch_of_many_gives_each_job_what_a_batch_of_one_gives_it(context):
                   (f"batch{index}", f"alone{index}")]
         np.testing.assert_allclose(*stored, rtol=2e-3, atol=1e-6)  # float16, and batched kernels round apart
     assert [batched[f"batch{i}"].metrics["target"]["class_name"] for i in range(3)] == ["three", "eight", "eight"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_batch_on_cuda_gives_what_the_cpu_gives(context, settings):
+    """The worker's whole pipeline (predict, explain under autocast, score, store) with the model on CUDA."""
+    on_cuda = WorkerContext(settings.model_copy(update={"device": "cuda"}), context.connection)
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    methods = "saliency,grad_cam,syce"
+    digits = [mnist_digit(3, 2), mnist_digit(8, 2)]
+    ends = {}
+    for where, worker in (("cpu", context), ("cuda", on_cuda)):
+        jobs = [_job(f"{where}{i}", methods) for i in range(2)]
+        for job, digit in zip(jobs, digits, strict=True):
+            _stage_inputs(context.connection, job, digit, spec)
+        ends[where] = explain_batch(worker, jobs, GroupProgress([], None))
+    assert next(on_cuda.models.get(MODEL, 1)[0].classifier.parameters()).device.type == "cuda"
+    for index in range(2):
+        cpu, cuda = ends["cpu"][f"cpu{index}"], ends["cuda"][f"cuda{index}"]
+        assert isinstance(cpu, ExplainResult) and isinstance(cuda, ExplainResult)
+        assert cuda.metrics["prediction"]["class"] == cpu.metrics["prediction"]["class"]
+        for name in ("three", "eight"):
+            assert (cuda.metrics["prediction"]["probabilities"][name]
+                    == pytest.approx(cpu.metrics["prediction"]["probabilities"][name], abs=1e-3))
+        for method in methods.split(","):
+            on_gpu, on_cpu = cuda.metrics["methods"][method], cpu.metrics["methods"][method]
+            assert on_gpu["precision"] in ("float16", "float32") and on_cpu["precision"] == "float32"
+            for key in ("deletion_auc", "insertion_auc"):
+                assert on_gpu["faithfulness"][key] == pytest.approx(on_cpu["faithfulness"][key], abs=0.02)
+            maps = [decode_heatmap(context.results.get(job_id, f"{method}/heatmap.f16")).astype(np.float64).ravel()
+                    for job_id in (f"cpu{index}", f"cuda{index}")]
+            assert np.corrcoef(*maps)[0, 1] > 0.98, method  # float16 autocast on the GPU, float32 on the CPU
+        assert cuda.metrics["methods"]["syce"]["syce"]["flipped"] == cpu.metrics["methods"]["syce"]["syce"]["flipped"]
 
 
 def test_a_job_whose_input_expired_fails_alone_and_the_batch_goes_on(context):
