@@ -175,6 +175,34 @@ def _status(client, job_id: str) -> str:
     return client.get(f"/v1/jobs/{job_id}").json()["status"]  # a poll also runs RQ's abandoned-job cleanup
 
 
+@pytest.mark.parametrize(("retries_left", "expected"), [(1, ("finished", None)), (0, ("failed", "worker_lost"))])
+def test_a_job_whose_worker_died_after_taking_it_off_the_queue_is_retried_then_failed_worker_lost(
+    client, settings, retries_left, expected
+):
+    """A worker killed between taking a job off the queue (into RQ's intermediate queue) and starting it:
+    RQ's maintenance finds the job there a minute later. It never ran, so it is re-queued with its one
+    retry like any job whose worker died, and fails ``worker_lost`` only when that retry was spent."""
+    from rq.intermediate_queue import IntermediateQueue
+
+    from tests.test_api import work
+
+    job_id = submit(client, png(mnist_digit(3))).json()["job_id"]
+    connection = Redis.from_url(settings.redis_url)
+    queue = Queue("fast", connection=connection, serializer=JSONSerializer)
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    job.retries_left = retries_left
+    job.save()
+    intermediate = IntermediateQueue(queue.key, connection)
+    assert connection.lmove(queue.key, intermediate.key) == job_id.encode()  # what a dequeuing worker does
+    connection.set(intermediate.get_first_seen_key(job_id), time.time() - 120)  # seen there two minutes ago
+    work(settings, queues=("fast",))
+    ended = client.get(f"/v1/jobs/{job_id}").json()
+    assert (ended["status"], (ended["error"] or {}).get("code")) == expected
+    assert intermediate.get_job_ids() == []
+    if expected[0] == "finished":
+        assert len(Job.fetch(job_id, connection=connection, serializer=JSONSerializer).results()) == 1
+
+
 def test_a_worker_killed_mid_batch_has_each_job_retried_once_then_failed_worker_lost(client, settings):
     params = '{"iterations": 500}'  # minutes of work: each kill lands mid-batch
     job_ids = [submit(client, png(mnist_digit(3, i)), method="igos_pp", params=params).json()["job_id"]

@@ -11,21 +11,27 @@ by a supervisor: ``xai serve`` restarts workers, docker-compose has ``restart: u
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from workers import claim, jobs
-from workers.runtime import WorkerContext, set_torch_threads
+from workers.runtime import REDIS_UNREACHABLE, WorkerContext, set_torch_threads
+from xai.errors import ErrorCode
 from xai.jobs import EXPLAIN_ENTRY, announce_end
 from xai.persistence import rewrite_if_patient_data_deleted
 from xai.settings import Settings
 
 log = logging.getLogger("xai.worker")
+
+# What RQ's IntermediateQueue.cleanup fails a job with when a worker took it off the queue and died before
+# starting it: the job never ran.
+NEVER_STARTED = "Job was stuck in intermediate queue."
 
 
 class ExplainWorker(SimpleWorker):
@@ -37,6 +43,7 @@ class ExplainWorker(SimpleWorker):
         self.abandoned_after_s = settings.abandoned_after_s
         self.batch_max = settings.batch_max
         self.batch_wait_ms = settings.batch_wait_ms
+        self._left_to_cleanup = False  # the job at hand ended by a Redis outage: RQ's cleanup takes it back
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.abandoned_after_s
@@ -48,7 +55,18 @@ class ExplainWorker(SimpleWorker):
             self._release_input(job)
 
     def handle_job_failure(self, job: Job, queue: Queue, started_job_registry=None, exc_string: str = "") -> None:
-        if self._lease_lost(job):
+        if isinstance(sys.exc_info()[1], REDIS_UNREACHABLE):  # RQ calls this inside its except block
+            self._leave_to_cleanup(job)
+            return
+        if exc_string == NEVER_STARTED:  # from maintenance: another worker's job, not this one's execution
+            if job.retries_left:  # a lost worker, as for RQ's abandoned-job cleanup: re-queued once ...
+                with self.connection.pipeline() as pipe:
+                    job.retry(queue, pipe)
+                    pipe.execute()
+                return
+            job.meta["error"] = ErrorCode.WORKER_LOST.body()  # ... then failed worker_lost
+            job.save_meta()
+        elif self._lease_lost(job):
             return
         # The one retry a job is enqueued with is for a lost worker (RQ's abandoned-job cleanup spends it).
         # A failure this worker saw (bad input, an error, a timeout, a cancel) would fail again: never retried.
@@ -56,6 +74,21 @@ class ExplainWorker(SimpleWorker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string)
         announce_end(self.connection, job.id)
         self._release_input(job)
+
+    def _leave_to_cleanup(self, job: Job) -> None:
+        """A job whose run or bookkeeping met a Redis outage (a restart) is not failed for it: nothing of it
+        is recorded, its heartbeats stop, and RQ's abandoned-job cleanup re-queues it with its one retry
+        (or fails it ``worker_lost``), as for a killed worker. One whose success was recorded before the
+        outage stays finished."""
+        self._left_to_cleanup = True
+        self.execution = None  # its record stays in the started registry, for the cleanup to find
+        try:
+            if job.get_status(refresh=True) == JobStatus.FINISHED:
+                announce_end(self.connection, job.id)
+                return
+        except REDIS_UNREACHABLE:
+            pass  # still away: the cleanup decides once it is back
+        log.warning("job %s met a Redis outage; RQ's abandoned-job cleanup takes it back", job.id)
 
     def _release_input(self, job: Job) -> None:
         """An explanation's upload goes once its end is recorded (its peers' go in ``jobs.run_explanation``)."""
@@ -77,13 +110,14 @@ class ExplainWorker(SimpleWorker):
         rewrite_if_patient_data_deleted(self.connection)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self.prepare_execution(job)  # in the started registry first: a kill while claiming peers is seen as such
         peers = self._claim_peers(job, queue)
         context = jobs.context()
         context.worker_name = self.name
         stop = threading.Event()
         beating = threading.Thread(target=self._beat, args=(job, peers, stop), name="heartbeat", daemon=True)
-        self.prepare_execution(job)
         context.hand_over(job.id, peers, self.execution)
+        self._left_to_cleanup = False
         beating.start()
         try:
             self.perform_job(job, queue)
@@ -91,8 +125,10 @@ class ExplainWorker(SimpleWorker):
             stop.set()
             beating.join()
             context.take_claims(job.id)
-            for peer in peers:  # only if the leader's entry point never ran: nothing else leaves one open
-                if not peer.closed:
+            # Open only if the leader's entry point never ran or met a Redis outage; after an outage the
+            # cleanup re-queues them with the leader.
+            for peer in peers:
+                if not peer.closed and not self._left_to_cleanup:
                     claim.fail(peer, "the batch's leader job ended before running it", self.name,
                                self.abandoned_after_s)
         self.set_state(WorkerStatus.IDLE)
