@@ -175,13 +175,18 @@ def _status(client, job_id: str) -> str:
     return client.get(f"/v1/jobs/{job_id}").json()["status"]  # a poll also runs RQ's abandoned-job cleanup
 
 
-@pytest.mark.parametrize(("retries_left", "expected"), [(1, ("finished", None)), (0, ("failed", "worker_lost"))])
+@pytest.mark.parametrize(("retries_left", "queued_again", "expected"), [
+    (1, False, ("finished", None)),
+    (0, False, ("failed", "worker_lost")),
+    (0, True, ("finished", None)),  # re-queued meanwhile (its worker's lease ran out): it runs, once
+])
 def test_a_job_whose_worker_died_after_taking_it_off_the_queue_is_retried_then_failed_worker_lost(
-    client, settings, retries_left, expected
+    client, settings, retries_left, queued_again, expected
 ):
     """A worker killed between taking a job off the queue (into RQ's intermediate queue) and starting it:
     RQ's maintenance finds the job there a minute later. It never ran, so it is re-queued with its one
-    retry like any job whose worker died, and fails ``worker_lost`` only when that retry was spent."""
+    retry like any job whose worker died, and fails ``worker_lost`` only when that retry was spent; one
+    that is back in the queue by then is left to run."""
     from rq.intermediate_queue import IntermediateQueue
 
     from tests.test_api import work
@@ -194,6 +199,8 @@ def test_a_job_whose_worker_died_after_taking_it_off_the_queue_is_retried_then_f
     job.save()
     intermediate = IntermediateQueue(queue.key, connection)
     assert connection.lmove(queue.key, intermediate.key) == job_id.encode()  # what a dequeuing worker does
+    if queued_again:
+        connection.rpush(queue.key, job_id)
     connection.set(intermediate.get_first_seen_key(job_id), time.time() - 120)  # seen there two minutes ago
     work(settings, queues=("fast",))
     ended = client.get(f"/v1/jobs/{job_id}").json()

@@ -59,13 +59,8 @@ class ExplainWorker(SimpleWorker):
             self._leave_to_cleanup(job)
             return
         if exc_string == NEVER_STARTED:  # from maintenance: another worker's job, not this one's execution
-            if job.retries_left:  # a lost worker, as for RQ's abandoned-job cleanup: re-queued once ...
-                with self.connection.pipeline() as pipe:
-                    job.retry(queue, pipe)
-                    pipe.execute()
+            if self._taken_back_unstarted(job, queue):
                 return
-            job.meta["error"] = ErrorCode.WORKER_LOST.body()  # ... then failed worker_lost
-            job.save_meta()
         elif self._lease_lost(job):
             return
         # The one retry a job is enqueued with is for a lost worker (RQ's abandoned-job cleanup spends it).
@@ -74,6 +69,22 @@ class ExplainWorker(SimpleWorker):
         super().handle_job_failure(job, queue, started_job_registry, exc_string)
         announce_end(self.connection, job.id)
         self._release_input(job)
+
+    def _taken_back_unstarted(self, job: Job, queue: Queue) -> bool:
+        """A job RQ found in the intermediate queue: if it is truly stranded there (still queued, but in no
+        queue), re-queue it with its one retry, like any job whose worker died (True); with that retry spent,
+        mark it ``worker_lost`` for the failure to follow (False). One that was re-queued or ran meanwhile
+        is left as it is (True)."""
+        if job.get_status(refresh=True) != JobStatus.QUEUED or self.connection.lpos(queue.key, job.id) is not None:
+            return True
+        if job.retries_left:
+            with self.connection.pipeline() as pipe:
+                job.retry(queue, pipe)
+                pipe.execute()
+            return True
+        job.meta["error"] = ErrorCode.WORKER_LOST.body()
+        job.save_meta()
+        return False
 
     def _leave_to_cleanup(self, job: Job) -> None:
         """A job whose run or bookkeeping met a Redis outage (a restart) is not failed for it: nothing of it
@@ -110,7 +121,13 @@ class ExplainWorker(SimpleWorker):
         rewrite_if_patient_data_deleted(self.connection)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.prepare_execution(job)  # in the started registry first: a kill while claiming peers is seen as such
+        # In the started registry and off RQ's intermediate queue before its peers are claimed: a kill from
+        # here on is found by the abandoned-job cleanup, and the job is never in both.
+        self.prepare_execution(job)
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))
+            pipe.execute()
         peers = self._claim_peers(job, queue)
         context = jobs.context()
         context.worker_name = self.name
