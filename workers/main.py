@@ -121,13 +121,15 @@ class ExplainWorker(SimpleWorker):
         rewrite_if_patient_data_deleted(self.connection)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # In the started registry and off RQ's intermediate queue before its peers are claimed: a kill from
-        # here on is found by the abandoned-job cleanup, and the job is never in both.
+        # In the started registry and off RQ's intermediate queue (which RQ uses for a worker of one queue)
+        # before its peers are claimed: a kill from here on is found by the abandoned-job cleanup, and the
+        # job is never in both.
         self.prepare_execution(job)
-        with self.connection.pipeline() as pipe:
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))
-            pipe.execute()
+        if len(self.queues) == 1:
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.delete(queue.intermediate_queue.get_first_seen_key(job.id))
+                pipe.execute()
         peers = self._claim_peers(job, queue)
         context = jobs.context()
         context.worker_name = self.name
