@@ -147,19 +147,19 @@ def _wait_for_keys(redis, count: int) -> None:
 
 
 @pytest.mark.parametrize("outage_at", ["prepare_job_execution", "handle_job_success"])
-def test_a_batch_whose_bookkeeping_meets_a_redis_outage_is_taken_back_and_finished_once(tmp_path, outage_at):
+def test_a_batch_whose_bookkeeping_meets_a_redis_outage_is_taken_back_and_finished_once(
+    tmp_path, monkeypatch, outage_at
+):
     """Redis unreachable for one of RQ's own calls around a batch (before its leader runs, or as its success
     is recorded): no job of the batch is failed for it; RQ's abandoned-job cleanup re-queues what is open
     and the next worker finishes it, so each job ends finished with one result."""
     import time
 
-    from rq import Queue
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
-    from workers import jobs
+    from workers import main
     from workers.main import ExplainWorker
-    from workers.runtime import WorkerContext
 
     class OutageOnce(ExplainWorker):
         outages = 1
@@ -179,13 +179,6 @@ def test_a_batch_whose_bookkeeping_meets_a_redis_outage_is_taken_back_and_finish
                 self._outage()
             return super().handle_job_success(job, queue, started_job_registry)
 
-    def burst(worker_class) -> None:
-        connection = Redis.from_url(settings.redis_url)
-        jobs.install_context(WorkerContext(settings, connection))
-        queue = Queue("fast", connection=connection, serializer=JSONSerializer)
-        worker_class([queue], settings=settings, connection=connection, serializer=JSONSerializer)\
-            .work(burst=True, with_scheduler=False, logging_level="WARNING")
-
     redis = EmbeddedRedis(tmp_path / "redis").start()
     settings = Settings(redis_url=redis.url, data_dir=tmp_path / "var", device="cpu", log_level="WARNING",
                         heartbeat_s=1, abandoned_after_s=1, batch_max=2)
@@ -193,12 +186,15 @@ def test_a_batch_whose_bookkeeping_meets_a_redis_outage_is_taken_back_and_finish
     try:
         with TestClient(create_app(settings)) as client:
             job_ids = [submit(client, png(mnist_digit(3, i))).json()["job_id"] for i in range(2)]
-            burst(OutageOnce)
+            with monkeypatch.context() as patch:
+                patch.setattr(main, "ExplainWorker", OutageOnce)  # the worker run_worker builds
+                work(settings, queues=("fast",))
             assert OutageOnce.outages == 0
             assert [client.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids].count("failed") == 0
             time.sleep(1.5)  # past the lease: a poll runs RQ's cleanup, which re-queues what was left open
-            [client.get(f"/v1/jobs/{j}") for j in job_ids]
-            burst(ExplainWorker)
+            for job_id in job_ids:
+                client.get(f"/v1/jobs/{job_id}")
+            work(settings, queues=("fast",))
             ended = [client.get(f"/v1/jobs/{j}").json() for j in job_ids]
             results = [Job.fetch(j, connection=Redis.from_url(redis.url), serializer=JSONSerializer).results()
                        for j in job_ids]
