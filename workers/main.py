@@ -94,8 +94,9 @@ class ExplainWorker(SimpleWorker):
         self._left_to_cleanup = True
         self.execution = None  # its record stays in the started registry, for the cleanup to find
         try:
-            if job.get_status(refresh=True) == JobStatus.FINISHED:
+            if job.get_status(refresh=True) == JobStatus.FINISHED:  # what handle_job_success did not reach
                 announce_end(self.connection, job.id)
+                self._release_input(job)
                 return
         except REDIS_UNREACHABLE:
             pass  # still away: the cleanup decides once it is back
