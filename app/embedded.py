@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from xai.redis_client import connect
 
 PRIVATE_UMASK = 0o077  # what service processes create is theirs alone: 0700 folders, 0600 files
 
@@ -75,7 +75,7 @@ class EmbeddedRedis:
 
     def answers(self) -> bool:
         try:
-            with Redis.from_url(self.url, socket_timeout=1) as client:
+            with connect(self.url, socket_timeout=1) as client:
                 return bool(client.ping())
         except (RedisConnectionError, FileNotFoundError):
             return False

@@ -17,6 +17,7 @@ from models.store import ModelStore
 from service.signing import UrlSigner
 from xai.errors import Forbidden, Unauthorized
 from xai.jobs import QUEUES
+from xai.redis_client import connect
 from xai.results import ResultStore, open_result_store
 from xai.settings import Settings
 
@@ -36,7 +37,7 @@ class Gateway:
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         queues = {name: Queue(name, connection=redis, serializer=JSONSerializer) for name in QUEUES}
         results = open_result_store(settings.result_store, redis, settings.result_root)
         signer = UrlSigner.open(settings, redis)

@@ -29,6 +29,7 @@ from workers.runtime import REDIS_UNREACHABLE, GroupProgress, WorkerContext
 from xai.errors import ErrorCode, JobCancelled, ServiceError
 from xai.jobs import DeliverJob, Delivery, ExplainJob, ExplainResult, Stage, TrainJob, ValidateJob, input_keys
 from xai.persistence import mark_patient_data_deleted
+from xai.redis_client import connect
 from xai.settings import get_settings
 
 log = logging.getLogger("xai.worker")
@@ -46,7 +47,7 @@ def context() -> WorkerContext:
     """The process's context, built from the environment's settings if none was installed."""
     if _context is None:
         settings = get_settings()
-        install_context(WorkerContext(settings, Redis.from_url(settings.redis_url)))
+        install_context(WorkerContext(settings, connect(settings.redis_url)))
     return _context
 
 

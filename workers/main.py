@@ -14,7 +14,6 @@ import logging
 import sys
 import threading
 
-from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -25,6 +24,7 @@ from workers.runtime import REDIS_UNREACHABLE, WorkerContext, set_torch_threads
 from xai.errors import ErrorCode
 from xai.jobs import EXPLAIN_ENTRY, announce_end
 from xai.persistence import rewrite_if_patient_data_deleted
+from xai.redis_client import connect
 from xai.settings import Settings
 
 log = logging.getLogger("xai.worker")
@@ -173,7 +173,7 @@ class ExplainWorker(SimpleWorker):
 
 def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, name: str | None = None) -> bool:
     """Preload the worker context (device, model cache), then work the queues until stopped."""
-    connection = Redis.from_url(settings.redis_url)
+    connection = connect(settings.redis_url)
     threads = set_torch_threads(settings.torch_threads)
     context = WorkerContext(settings, connection)
     jobs.install_context(context)
