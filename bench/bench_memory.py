@@ -53,7 +53,7 @@ def measure_gateway(png_path: str, redis_url: str, job_id: str, patch_mode: bool
     connection = Redis.from_url(redis_url)
     before = _rss_mib()
     decoded = ingest_upload(data, limits=limits_from_settings(settings))
-    inputs = job_inputs(job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
+    inputs = job_inputs(job_id, decoded, manifest.input, display_max_side=settings.display_max_side,
                         keep_native=patch_mode)
     for key, blob in inputs.items():
         connection.set(key, blob)

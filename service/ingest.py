@@ -16,7 +16,7 @@ import numpy as np
 from models.manifest import InputSpec
 from xai.errors import PayloadTooLarge
 from xai.imaging import DecodedImage, DecodeLimits, decode_image
-from xai.imaging.resize import fit_within, resize
+from xai.imaging.resize import display_copy, fit_within, resize
 from xai.jobs import annotation_key, display_key, input_key, native_key
 from xai.settings import Settings
 from xai.wire import encode_canonical, encode_display
@@ -58,26 +58,27 @@ PARALLEL_RESIZE_PIXELS = 1024 * 1024
 
 
 def job_inputs(
-    job_id: str, pixels: np.ndarray, spec: InputSpec, *, display_max_side: int, keep_native: bool,
+    job_id: str, decoded: DecodedImage, spec: InputSpec, *, display_max_side: int, keep_native: bool,
     annotation: np.ndarray | None = None,
 ) -> dict[str, bytes]:
     """What a job keeps of its upload until it ends, by Redis key, none of it larger than the display cap.
 
     - the image at the model's input size, resized here exactly as the worker's torch resize would
       (``xai.imaging.resize``), so the classifier sees what it would have seen of the full upload;
-    - a uint8 display copy at most ``display_max_side`` on the long side, for the overlay (its resize
-      may pre-reduce: it is only looked at);
+    - a uint8 display copy at most ``display_max_side`` on the long side, for the overlay, from the
+      upload's own 8-bit samples where it has them (``display_copy``: it is only looked at);
     - the upload itself only for patch mode (``keep_native``), which explains it at its own resolution;
     - the annotation at the model's input size, where localisation is scored.
     """
-    height, width = pixels.shape[:2]
-    display_size = fit_within(height, width, display_max_side)
-    if height * width < PARALLEL_RESIZE_PIXELS:  # a thread pool costs a small upload more than it saves
+    pixels = decoded.pixels
+    display_source = pixels if decoded.samples8 is None else decoded.samples8
+    display_size = fit_within(*pixels.shape[:2], display_max_side)
+    if pixels.shape[0] * pixels.shape[1] < PARALLEL_RESIZE_PIXELS:  # a thread pool costs a small upload more
         model_size = resize(pixels, spec.height, spec.width)
-        display = resize(pixels, *display_size, for_display=True)
+        display = display_copy(display_source, *display_size)
     else:
         with ThreadPoolExecutor(max_workers=1) as pool:  # two passes over a large upload, side by side (no GIL)
-            display_future = pool.submit(resize, pixels, *display_size, for_display=True)
+            display_future = pool.submit(display_copy, display_source, *display_size)
             model_size = resize(pixels, spec.height, spec.width)
             display = display_future.result()
     inputs = {input_key(job_id): encode_canonical(model_size), display_key(job_id): encode_display(display)}

@@ -120,7 +120,7 @@ def _accept(
         input=InputInfo(height=height, width=width, channels=3 if decoded.pixels.ndim == 3 else 1,
                         annotation=mask is not None, details=decoded.meta),
     )
-    inputs = job_inputs(job_id, decoded.pixels, manifest.input, display_max_side=settings.display_max_side,
+    inputs = job_inputs(job_id, decoded, manifest.input, display_max_side=settings.display_max_side,
                         keep_native=order.patch_mode, annotation=mask)
     if filing is not None:
         inputs[source_key(job_id)] = filing

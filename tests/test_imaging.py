@@ -1073,3 +1073,20 @@ def test_a_plain_png_decodes_to_exactly_pillows_samples(mode):
     data = buffer.getvalue()
     decoded = decode_image(data, limits=DecodeLimits())
     assert np.array_equal(np.round(decoded.pixels * 255).astype(np.uint8), np.asarray(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize("make, has_samples", [
+    (lambda grey: pil_bytes(Image.fromarray(grey)), True),  # 8-bit grey PNG (libpng's path)
+    (lambda grey: pil_bytes(Image.fromarray(np.stack([grey] * 3, -1))), True),  # RGB of grey pixels
+    (lambda grey: pil_bytes(Image.fromarray(grey).convert("P")), True),  # palette: Pillow's path
+    (lambda grey: pil_bytes(Image.fromarray(grey), "JPEG", quality=95), True),
+    (lambda grey: png_16_bit(grey.astype(np.uint16) * 257, colour_type=0), False),
+    (lambda grey: example(f"{SOURCE_NAME}_explicit_vr_little_endian.dcm"), False),  # DICOM: its modality and VOI rules made the floats
+])
+def test_the_8_bit_samples_are_kept_exactly_where_the_pixels_are_them_over_255(source_grey, make, has_samples):
+    decoded = decode(make(source_grey))
+    if not has_samples:
+        assert decoded.samples8 is None
+        return
+    assert decoded.samples8.dtype == np.uint8 and decoded.samples8.shape == decoded.pixels.shape
+    assert np.array_equal(decoded.samples8 / np.float32(255), decoded.pixels)

@@ -25,6 +25,7 @@ from tests.test_api import MODEL, mnist_digit, png, submit, _ended, _wait_for  #
 from tests.test_api import client, store  # noqa: F401 - pytest fixtures
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
+from xai.imaging import DecodedImage
 from xai.jobs import ExplainJob, ExplainResult, InputInfo, Stage, input_keys
 from xai.methods import get_method
 from xai.wire import decode_heatmap
@@ -41,7 +42,8 @@ def _job(job_id: str, method: str = "saliency", faithfulness: bool = True) -> Ex
 def _stage_inputs(connection: Redis, job: ExplainJob, digit: np.ndarray, spec) -> None:
     pixels = np.asarray(digit, dtype=np.float32) / 255
     pixels = np.kron(pixels, np.ones((2, 2), dtype=np.float32))  # 56 x 56, as the InputInfo says
-    for key, blob in job_inputs(job.job_id, pixels, spec, display_max_side=1024, keep_native=False).items():
+    inputs = job_inputs(job.job_id, DecodedImage(pixels, "png"), spec, display_max_side=1024, keep_native=False)
+    for key, blob in inputs.items():
         connection.set(key, blob)
 
 

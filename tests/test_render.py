@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xai.imaging import render
-from xai.imaging.resize import resize
+from xai.imaging.resize import display_copy, resize
 
 
 def _heatmap_at_display_size(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -41,10 +41,26 @@ def test_known_blends_of_a_grey_image(grey, level, expected):
     assert np.array_equal(pixels[0, 1 if level == 255 else 0], expected)
 
 
-def test_the_display_resize_stays_within_a_few_grey_levels_of_the_exact_filter():
+@pytest.mark.parametrize("source", ["floats", "8-bit samples"])
+@pytest.mark.parametrize("size_in, size_out", [((900, 700), (300, 233)), ((3000, 3000), (1024, 1024)),
+                                               ((1024, 1024), (1024, 1024)), ((500, 400), (333, 267))])
+def test_the_display_copy_stays_within_3_grey_levels_of_the_exact_filter(source, size_in, size_out):
     rng = np.random.default_rng(1)
-    image = (np.add.outer(np.arange(900), np.arange(700)) / 1600 + rng.normal(0, 0.01, (900, 700))).astype(np.float32)
-    exact, shown = resize(image, 300, 233), resize(image, 300, 233, for_display=True)
-    assert shown.shape == exact.shape == (300, 233)
-    assert np.abs(shown - exact).max() < 4 / 255
-    assert np.array_equal(resize(image, 300, 233), exact)  # what a model sees is never pre-reduced
+    ramp = np.add.outer(np.arange(size_in[0]), np.arange(size_in[1])) / sum(size_in)
+    samples = (np.clip(ramp + rng.normal(0, 0.01, size_in), 0, 1) * 255 + 0.5).astype(np.uint8)
+    pixels = samples / np.float32(255)  # what the decoder makes of them
+    exact = resize(pixels, *size_out)
+    shown = display_copy(pixels if source == "floats" else samples, *size_out)
+    assert shown.dtype == np.uint8 and shown.shape == size_out
+    assert np.abs(shown - exact * 255).max() <= 3
+    if size_in == size_out:
+        assert np.array_equal(shown, samples)
+    assert np.array_equal(resize(pixels, *size_out), exact)  # what a model sees is never pre-reduced
+
+
+def test_the_display_copy_of_a_colour_image_is_each_channel_shrunk_alike():
+    samples = np.random.default_rng(2).integers(0, 256, (90, 60, 3), dtype=np.uint8)
+    shown = display_copy(samples, 30, 20)
+    assert shown.shape == (30, 20, 3)
+    for channel in range(3):
+        assert np.array_equal(shown[..., channel], display_copy(np.ascontiguousarray(samples[..., channel]), 30, 20))

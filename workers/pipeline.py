@@ -29,7 +29,7 @@ from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
 from xai.errors import NotFound, ServiceError
 from xai.imaging import render
-from xai.imaging.resize import fit_within, resize
+from xai.imaging.resize import display_copy, fit_within, resize
 from xai.jobs import (
     DISPLAY_COPY,
     INPUT_PNG,
@@ -155,10 +155,8 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Me
                        code="input_expired")
     display = decode_display(display_blob)
     if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
-        smaller = resize(display.astype(np.float32) / 255, *fit_within(*display.shape[:2], display_max_side),
-                         for_display=True)
-        display_blob = encode_display(smaller)
-        display = decode_display(display_blob)
+        display = display_copy(display, *fit_within(*display.shape[:2], display_max_side))
+        display_blob = encode_display(display)
     return Member(
         job=job,
         image=decode_canonical(image_blob),

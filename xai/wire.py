@@ -43,12 +43,17 @@ def decode_canonical(blob: bytes) -> np.ndarray:
 
 
 def encode_display(pixels: np.ndarray) -> bytes:
-    """The display copy of an input: a canonical image quantised to uint8, not compressed.
+    """The display copy of an input (``xai.imaging.resize.display_copy``, uint8), not compressed.
 
     It lives only until its job ends, and at most ``display_max_side`` squared bytes (per channel):
     compressing it would cost more time on both sides than the Redis write it saves.
+
+    Raises:
+        ValueError: if ``pixels`` is not uint8 ``H x W`` or ``H x W x 3`` (a programming error).
     """
-    return _pack((np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), compress=False)
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise ValueError(f"not a display copy: dtype {pixels.dtype}, shape {pixels.shape}")
+    return _pack(pixels, compress=False)
 
 
 def decode_display(blob: bytes) -> np.ndarray:

@@ -58,11 +58,15 @@ class DecodedImage:
         meta: JSON-safe facts about the decode (size, bit depth, which window was applied...).
             It never holds patient, study or institution data, nor any UID but the transfer
             syntax's.
+        samples8: The upload's own 8-bit samples, shaped like ``pixels``, where ``pixels`` is exactly
+            ``samples8 / 255`` (8-bit PNG, JPEG and Pillow-decoded TIFF); else None. The display copy
+            is made from them (``xai.imaging.resize.display_copy``).
     """
 
     pixels: np.ndarray
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    samples8: np.ndarray | None = None
 
 
 def check_frame_size(rows: int, columns: int, limits: DecodeLimits) -> None:

@@ -137,7 +137,9 @@ def _decode_with_pillow(data: bytes, fmt: str, *, frame: int | None, limits: Dec
         if fmt == "png" and data[24] == 16 and stored.dtype.itemsize == 1:
             meta["reduced_to_8_bit"] = True
         bits = data[24] if fmt == "png" else (8 if fmt == "jpeg" else None)
-        return _result(pixels, fmt, number_of_frames, index, bits=bits, intensity=intensity, **meta)
+        samples8 = stored if stored.dtype == np.uint8 else None  # to_unit_range divided them by 255
+        return _result(pixels, fmt, number_of_frames, index, bits=bits, intensity=intensity,
+                       samples8=samples8, **meta)
 
 
 def _plain_png_samples(data: bytes, image: Image.Image) -> np.ndarray | None:
@@ -189,9 +191,12 @@ def _result(
     *,
     bits: int | None,
     intensity: str,
+    samples8: np.ndarray | None = None,
     **extra: Any,
 ) -> DecodedImage:
     pixels = collapse_grey_rgb(np.ascontiguousarray(pixels, dtype=np.float32))
+    if samples8 is not None and samples8.ndim > pixels.ndim:  # an RGB file of grey pixels
+        samples8 = np.ascontiguousarray(samples8[..., 0])
     meta: dict[str, Any] = {
         "format": fmt,
         "rows": int(pixels.shape[0]),
@@ -203,4 +208,4 @@ def _result(
         "intensity": intensity,
         **extra,
     }
-    return DecodedImage(pixels=pixels, format=fmt, meta=meta)
+    return DecodedImage(pixels=pixels, format=fmt, meta=meta, samples8=samples8)

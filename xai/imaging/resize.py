@@ -4,7 +4,8 @@ Pillow's bilinear filter on float (mode ``F``) planes is the filter torch's
 ``interpolate(mode="bilinear", align_corners=False, antialias=True)`` was ported from: the two
 agree to about 1e-6 when shrinking and when enlarging (tests/test_resize.py checks it against
 ``models.preprocess``). So the gateway can shrink an upload to the model's size, and enlarge a
-stored heatmap to the input's size, and get what the worker would have computed.
+stored heatmap to the input's size, and get what the worker would have computed. The display
+copy of an input (``display_copy``) is only looked at, and is made by a faster, inexact filter.
 """
 
 from __future__ import annotations
@@ -14,31 +15,58 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-DISPLAY_REDUCING_GAP = 2.0
+# The display copy's shrink starts with a box filter by the whole factor of the shrink (Pillow's
+# ``reducing_gap``): 3000 -> 1024 px is a 2x box reduce, then the bilinear filter from 1500 px.
+DISPLAY_REDUCING_GAP = 1.0
 # A shrink to at most this many pixels a side (a classifier's input) is two matrix products: on a 3000 px
 # upload about 5x faster than Pillow's filter and its copy of the image (the same weights; within 1e-6).
 MATRIX_MAX_SIDE = 256
 
 
-def resize(array: np.ndarray, height: int, width: int, *, for_display: bool = False) -> np.ndarray:
+def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear, antialiased resize of an ``H x W`` or ``H x W x C`` float array to ``height x width``.
 
-    ``for_display``: shrink by whole factors with a box filter first (Pillow's ``reducing_gap``), about
-    3x faster on a large upload, within a few grey levels of the exact filter; for images people look
-    at, never for what a model sees. Returns float32; an array already at that size is returned as
-    float32 without filtering.
+    Returns float32; an array already at that size is returned as float32 without filtering.
     """
     if array.shape[:2] == (height, width):
         return np.asarray(array, dtype=np.float32)
     if array.ndim == 3:
-        return np.stack([resize(array[..., c], height, width, for_display=for_display)
-                         for c in range(array.shape[2])], axis=-1)
+        return np.stack([resize(array[..., c], height, width) for c in range(array.shape[2])], axis=-1)
     rows, columns = array.shape
-    if not for_display and height <= rows and width <= columns and max(height, width) <= MATRIX_MAX_SIDE:
+    if height <= rows and width <= columns and max(height, width) <= MATRIX_MAX_SIDE:
         return _shrink_by_matrices(np.asarray(array, dtype=np.float32), height, width)
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
-    gap = DISPLAY_REDUCING_GAP if for_display else None
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=gap), dtype=np.float32)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def display_copy(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The uint8 copy of an image that people look at (input.png, the overlays) at ``height x width``;
+    never what a model sees.
+
+    ``image`` is an upload's own 8-bit samples (``H x W`` or ``H x W x 3`` uint8) or a canonical float32
+    image (quantised here, after the shrink). Either way the shrink box-reduces first (see
+    ``DISPLAY_REDUCING_GAP``), within 3 grey levels of the exact filter (tests/test_render.py); Pillow's
+    8-bit filter on the samples takes a fifth of the float path's time on a 3000 px upload and leaves
+    nothing to quantise.
+    """
+    if image.dtype == np.uint8:
+        if image.shape[:2] == (height, width):
+            return image
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+            (width, height), Image.Resampling.BILINEAR, reducing_gap=DISPLAY_REDUCING_GAP))
+    planes = image[..., None] if image.ndim == 2 else image
+    shrunk = np.stack([_display_plane(planes[..., c], height, width) for c in range(planes.shape[2])],
+                      axis=-1)
+    quantised = (np.clip(shrunk, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return quantised[..., 0] if image.ndim == 2 else quantised
+
+
+def _display_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    if plane.shape == (height, width):
+        return plane
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR,
+                                   reducing_gap=DISPLAY_REDUCING_GAP))
 
 
 def fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
