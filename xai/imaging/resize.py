@@ -14,12 +14,13 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+from scipy import sparse
 
 # The display copy's shrink starts with a box filter by the whole factor of the shrink (Pillow's
 # ``reducing_gap``): 3000 -> 1024 px is a 2x box reduce, then the bilinear filter from 1500 px.
 DISPLAY_REDUCING_GAP = 1.0
 # A shrink to at most this many pixels a side (a classifier's input) is two matrix products: on a 3000 px
-# upload about 5x faster than Pillow's filter and its copy of the image (the same weights; within 1e-6).
+# upload 5-10x faster than Pillow's filter and its copy of the image (the same weights; within 2e-6).
 MATRIX_MAX_SIDE = 256
 
 
@@ -76,9 +77,16 @@ def fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 def _shrink_by_matrices(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The filter as ``rows @ plane @ columns``: Pillow's order too (each row first, then each column)."""
-    shrunk = plane if width == plane.shape[1] else plane @ shrink_weights(plane.shape[1], width).T
-    return shrunk if height == plane.shape[0] else shrink_weights(plane.shape[0], height) @ shrunk
+    """The filter as ``rows @ plane @ columns``. The rows' weights are a sparse matrix, so each output row
+    reads only the input rows under its filter (3000 -> 64 px: 5 ms instead of 11 for the dense product;
+    3000 -> 256 px: 6 instead of 30); the columns' dense product then runs on the few rows left."""
+    shrunk = plane if height == plane.shape[0] else _sparse_shrink_weights(plane.shape[0], height) @ plane
+    return shrunk if width == plane.shape[1] else shrunk @ shrink_weights(plane.shape[1], width).T
+
+
+@lru_cache(maxsize=32)
+def _sparse_shrink_weights(size_in: int, size_out: int) -> sparse.csr_array:
+    return sparse.csr_array(shrink_weights(size_in, size_out))
 
 
 @lru_cache(maxsize=32)
