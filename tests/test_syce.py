@@ -16,7 +16,7 @@ from torch import nn
 
 from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.networks.discriminator import Discriminator
-from models.networks.unet import UNetGenerator, widths_for_size
+from models.networks.unet import UNetGenerator, warp, widths_for_size
 from models.training.syce import (
     CHECKPOINT_NAME,
     evaluate_pair,
@@ -114,6 +114,20 @@ def test_generator_starts_as_the_identity_and_keeps_odd_sizes():
     assert torch.equal(generator(images), images)
     deep = UNetGenerator(channels=3, widths=[4, 8, 8, 8], residual_output=False)
     assert deep(torch.rand(2, 3, 27, 33)).shape == (2, 3, 27, 33)
+
+
+def test_a_warp_generator_moves_the_content_and_paints_nothing():
+    generator = UNetGenerator(channels=1, widths=widths_for_size(32, 32, 8), warp_grid=4).eval()
+    images = torch.zeros(1, 1, 32, 32)
+    images[..., 12:20, 12:20] = 1.0  # a bright square on black
+    torch.testing.assert_close(generator(images), images, atol=1e-5, rtol=0)  # starts as the identity
+    shift = torch.zeros(1, 2, 32, 32)
+    shift[:, 0] = 4 * 2 / 32  # 4 pixels in grid_sample's [-1, 1] units: each output reads 4 px to its right
+    moved = warp(images, shift, 4)
+    torch.testing.assert_close(moved[..., 8:16], images[..., 12:20], atol=1e-5, rtol=0)
+    assert moved.sum() == pytest.approx(images.sum(), abs=1e-3)  # moved, not brightened
+    assert set(torch.unique(moved.round(decimals=4)).tolist()) <= {0.0, 1.0}  # no new grey levels painted
+    assert UNetGenerator(**generator.config).warp_grid == 4
 
 
 def test_shipped_architectures_stay_small():

@@ -17,6 +17,12 @@ predicts a change that is added to its input before the clip, with that last con
 initialised to zero, so the generator starts as the exact identity (what the symmetry and cycle
 terms ask of it) and the short training budgets we can afford go to learning the counterfactual
 change.
+
+Not in the paper, off by default: ``warp_grid``. The network's output is then a displacement field
+of the image, its mean over a ``warp_grid x warp_grid`` grid of cells smoothly interpolated back to
+the image's size, by which the input is resampled: the generator can move, stretch and shrink what
+the image shows (a heart border, a lesion's outline) but not paint anything onto it. On a classifier
+that a faint pattern flips, an additive generator learns such a pattern; a warp has to move anatomy.
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ class UNetGenerator(nn.Module):
         convs_per_level: Convolution blocks in each residual block and each decoder level.
         dropout: Channel dropout after each convolution block (0 disables it).
         residual_output: Add the network's output to its input before the clip (see module doc).
+        warp_grid: When above 0, the output is a smooth displacement field on this many cells a side,
+            by which the input is resampled, in place of an additive change (see module doc).
 
     Example:
         >>> generator = UNetGenerator(channels=1, widths=(16, 32, 64))
@@ -113,6 +121,7 @@ class UNetGenerator(nn.Module):
         convs_per_level: int = 2,
         dropout: float = 0.0,
         residual_output: bool = True,
+        warp_grid: int = 0,
     ):
         super().__init__()
         if len(widths) < 2:
@@ -122,6 +131,7 @@ class UNetGenerator(nn.Module):
         self.convs_per_level = convs_per_level
         self.dropout = dropout
         self.residual_output = residual_output
+        self.warp_grid = int(warp_grid)
         in_widths = [channels] + self.widths[:-1]
         self.encoder = nn.ModuleList(
             EncoderLevel(a, b, convs_per_level, dropout, downsample=level > 0)
@@ -133,10 +143,11 @@ class UNetGenerator(nn.Module):
             )
             for level in reversed(range(len(self.widths) - 1))
         )
+        outputs = 2 if self.warp_grid else channels  # a displacement (x, y) per pixel, or a change per channel
         self.head = nn.Sequential(
-            norm(self.widths[0]), nn.ReLU(), nn.Conv2d(self.widths[0], channels, kernel_size=1)
+            norm(self.widths[0]), nn.ReLU(), nn.Conv2d(self.widths[0], outputs, kernel_size=1)
         )
-        if residual_output:
+        if residual_output or self.warp_grid:
             # Start as the exact identity: the cycle and symmetry terms are met from the first step
             # and the adversarial term alone decides where the image starts to change.
             nn.init.zeros_(self.head[-1].weight)
@@ -151,6 +162,8 @@ class UNetGenerator(nn.Module):
         for level, skip in zip(self.decoder, reversed(skips[:-1])):
             x = level(x, skip)
         out = self.head(x)
+        if self.warp_grid:
+            return warp(images, out, self.warp_grid)
         if self.residual_output:
             out = images + out
         return out.clamp(0.0, 1.0)
@@ -164,7 +177,21 @@ class UNetGenerator(nn.Module):
             "convs_per_level": self.convs_per_level,
             "dropout": self.dropout,
             "residual_output": self.residual_output,
+            "warp_grid": self.warp_grid,
         }
+
+
+def warp(images: torch.Tensor, displacement: torch.Tensor, cells: int) -> torch.Tensor:
+    """``images`` resampled (bilinear, edges repeated) by ``displacement`` (``B x 2 x H x W``, x then y, in
+    the ``[-1, 1]`` units of ``grid_sample``), averaged over ``cells x cells`` cells and interpolated back
+    (bicubic) so that it is smooth: a zero displacement gives back the images (to float rounding)."""
+    height, width = images.shape[-2:]
+    coarse = F.adaptive_avg_pool2d(displacement, (min(cells, height), min(cells, width)))
+    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    eye = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(len(images), 2, 3)
+    grid = F.affine_grid(eye, list(images.shape), align_corners=False) + field.permute(0, 2, 3, 1).to(images.dtype)
+    resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return resampled.clamp(0.0, 1.0)
 
 
 def widths_for_size(height: int, width: int, base_width: int = 16) -> list[int]:

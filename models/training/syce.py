@@ -80,6 +80,7 @@ RESUME_KEYS = (
     "batch_size",
     "base_width",
     "dropout",
+    "warp_grid",
     "validation_fraction",
     "seed",
     "image_shape",
@@ -241,7 +242,8 @@ class TrainingRun:
         channels, height, width = plan.image_shape
         widths = widths_for_size(height, width, plan.params["base_width"])
         self.generators = [
-            UNetGenerator(channels, widths, dropout=plan.params["dropout"]).to(device) for _ in range(2)
+            UNetGenerator(channels, widths, dropout=plan.params["dropout"], warp_grid=plan.params["warp_grid"])
+            .to(device) for _ in range(2)
         ]
         self.discriminators = [
             Discriminator(channels, height, width, discriminator_widths_for_size(height, width)).to(device)

@@ -127,6 +127,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "base_width", "int", 16, "Generator width at full resolution (doubles per level, max 4x)", 4, 64
         ),
         Param("dropout", "float", 0.0, "Generator channel dropout (the paper allows 0.1-0.2)", 0.0, 0.5),
+        Param(
+            "warp_grid", "int", 0,
+            "Not in the paper: when above 0 the generators move the image's content by a smooth "
+            "displacement field on this many cells a side instead of adding a change to it, so they "
+            "cannot paint a pattern onto it; 0 = the paper's additive generator", 0, 64,
+        ),
         Param("augment", "bool", False, "Random rotation (5 degrees) and zoom (0.8-1) of training images"),
         Param(
             "validation_fraction", "float", 0.1, "Images held out to measure the flip rate each epoch",
