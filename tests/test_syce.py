@@ -263,6 +263,18 @@ def test_a_checkpoint_of_other_settings_is_refused(trained):
     assert error.value.code == "checkpoint_mismatch"
 
 
+def test_a_checkpoint_from_before_warp_generators_resumes_as_an_additive_run(tmp_path):
+    images, classifier = halves_images(64), HalvesClassifier()
+    train(classifier, images, tmp_path, {**FAST, "epochs": 1}, no_progress, "cpu")
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    del checkpoint["identity"]["warp_grid"]  # as the checkpoints of the earlier releases were written
+    torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
+    assert train(classifier, images, tmp_path, {**FAST, "epochs": 2}, no_progress, "cpu")["epochs"] == 2
+    with pytest.raises(InvalidInput) as error:
+        train(classifier, images, tmp_path, {**FAST, "epochs": 3, "warp_grid": 4}, no_progress, "cpu")
+    assert error.value.code == "checkpoint_mismatch"
+
+
 def test_training_leaves_the_classifier_as_found_and_refuses_bad_splits(tmp_path):
     classifier = HalvesClassifier().train()
     classifier.linear.bias.requires_grad_(False)

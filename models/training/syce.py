@@ -17,7 +17,9 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   (``weight_smoothness``): the roughness (``roughness``: mean absolute difference from its own
   3 x 3 box blur) of the change ``G[s](x) - x`` plus, for SyCE, that of the stable pass
   ``G[s](G[s](x)) - G[s](x)`` (the SyCE heatmap), against changes that flip a fragile classifier
-  with a checkerboard or stripe texture instead of a smooth edit.
+  with a checkerboard or stripe texture instead of a smooth edit. And ours, off by default
+  (``warp_grid``): generators that move the image's content by a smooth displacement field instead
+  of adding a change (``models.networks.unet.warp``), which cannot paint a texture at all.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -516,7 +518,8 @@ class TrainingRun:
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
-        saved, wanted = state["identity"], self.plan.resume_identity()
+        # A checkpoint from before warp generators existed is of an additive one.
+        saved, wanted = {"warp_grid": 0, **state["identity"]}, self.plan.resume_identity()
         differing = sorted(key for key in RESUME_KEYS if saved.get(key) != wanted[key])
         if differing:
             raise InvalidInput(
