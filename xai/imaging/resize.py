@@ -36,8 +36,7 @@ def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     rows, columns = array.shape
     if height <= rows and width <= columns and max(height, width) <= MATRIX_MAX_SIDE:
         return _shrink_by_matrices(np.asarray(array, dtype=np.float32), height, width)
-    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    return _pillow_bilinear(array, height, width)
 
 
 def display_copy(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -56,18 +55,19 @@ def display_copy(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
             (width, height), Image.Resampling.BILINEAR, reducing_gap=DISPLAY_REDUCING_GAP))
     planes = image[..., None] if image.ndim == 2 else image
-    shrunk = np.stack([_display_plane(planes[..., c], height, width) for c in range(planes.shape[2])],
-                      axis=-1)
+    shrunk = np.stack([_pillow_bilinear(planes[..., c], height, width, reducing_gap=DISPLAY_REDUCING_GAP)
+                       for c in range(planes.shape[2])], axis=-1)
     quantised = (np.clip(shrunk, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     return quantised[..., 0] if image.ndim == 2 else quantised
 
 
-def _display_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+def _pillow_bilinear(plane: np.ndarray, height: int, width: int, reducing_gap: float | None = None) -> np.ndarray:
+    """One float plane through Pillow's bilinear filter (exact without ``reducing_gap``); float32."""
     if plane.shape == (height, width):
-        return plane
+        return np.asarray(plane, dtype=np.float32)
     image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR,
-                                   reducing_gap=DISPLAY_REDUCING_GAP))
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=reducing_gap),
+                      dtype=np.float32)
 
 
 def fit_within(height: int, width: int, max_side: int) -> tuple[int, int]:
