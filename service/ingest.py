@@ -73,7 +73,9 @@ def job_inputs(
     pixels = decoded.pixels
     display_source = pixels if decoded.samples8 is None else decoded.samples8
     display_size = fit_within(*pixels.shape[:2], display_max_side)
-    if pixels.shape[0] * pixels.shape[1] < PARALLEL_RESIZE_PIXELS:  # a thread pool costs a small upload more
+    # A thread pool costs a small upload more than it saves, and one whose display copy is not shrunk
+    # (a 1024 px upload under the default cap) has nothing to run beside the model-size shrink.
+    if pixels.shape[0] * pixels.shape[1] < PARALLEL_RESIZE_PIXELS or display_size == pixels.shape[:2]:
         model_size = resize(pixels, spec.height, spec.width)
         display = display_copy(display_source, *display_size)
     else:
