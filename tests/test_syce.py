@@ -16,10 +16,11 @@ from torch import nn
 
 from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.networks.discriminator import Discriminator
-from models.networks.unet import UNetGenerator, warp, widths_for_size
+from models.networks.unet import UNetGenerator, jacobian_determinant, resample, warp, widths_for_size
 from models.training.syce import (
     CHECKPOINT_NAME,
     evaluate_pair,
+    fold_penalty,
     gradient_penalty,
     make_plan,
     roughness,
@@ -128,6 +129,54 @@ def test_a_warp_generator_moves_the_content_and_paints_nothing():
     assert moved.sum() == pytest.approx(images.sum(), abs=1e-3)  # moved, not brightened
     assert set(torch.unique(moved.round(decimals=4)).tolist()) <= {0.0, 1.0}  # no new grey levels painted
     assert UNetGenerator(**generator.config).warp_grid == 4
+
+
+def linear_field(height: int, width: int, matrix: list[list[float]]) -> torch.Tensor:
+    """The displacement ``(A - I) p`` at each pixel centre ``p`` (grid_sample units): the warp reads the
+    image at ``A p``, a linear mapping whose Jacobian determinant is ``det A`` everywhere."""
+    ys = (torch.arange(height) + 0.5) * 2 / height - 1
+    xs = (torch.arange(width) + 0.5) * 2 / width - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    (a, b), (c, d) = matrix
+    return torch.stack([(a - 1) * x + b * y, c * x + (d - 1) * y])[None]
+
+
+def test_fold_penalty_is_zero_for_rigid_moves_and_grows_with_a_fold():
+    height, width = 8, 16  # not square: the x and y units of grid_sample differ and must cancel
+    identity = torch.zeros(2, 2, height, width)
+    translation = identity.clone()
+    translation[:, 0], translation[:, 1] = 0.3, -0.2
+    cos, sin = torch.cos(torch.tensor(0.5)), torch.sin(torch.tensor(0.5))
+    rotation = linear_field(height, width, [[cos, -sin], [sin, cos]])
+    for field in (identity, translation, rotation):
+        torch.testing.assert_close(jacobian_determinant(field), torch.ones(len(field), height - 1, width - 1))
+        assert float(fold_penalty(field)) == pytest.approx(0.0, abs=1e-6)
+    # Reading x at 0.6 x (enlarging 1 / 0.6 times): det 0.6, above the floor 0.5, no penalty; at 0.4 x,
+    # 0.1 below it; mirrored (-0.5 x, a fold) 1.0 below it; the same along y, and stretched along x
+    # while mirrored along y (det 2 * -1 = -2).
+    for matrix, det in (
+        ([[0.6, 0], [0, 1]], 0.6), ([[0.4, 0], [0, 1]], 0.4), ([[-0.5, 0], [0, 1]], -0.5),
+        ([[1, 0], [0, -0.5]], -0.5), ([[2, 0], [0, -1]], -2.0),
+    ):
+        field = linear_field(height, width, matrix)
+        torch.testing.assert_close(jacobian_determinant(field), torch.full((1, height - 1, width - 1), det))
+        assert float(fold_penalty(field)) == pytest.approx(max(0.0, 0.5 - det), abs=1e-5)
+    # Folded in one half only: the mean over the pixels.
+    mirrored = linear_field(height, width, [[-0.5, 0], [0, 1]])
+    half = torch.cat([mirrored[..., : width // 2], identity[:1, ..., width // 2 :]], -1)
+    assert 0 < float(fold_penalty(half)) < 1.0
+
+
+def test_a_warp_generator_is_its_field_applied():
+    generator = UNetGenerator(channels=1, widths=widths_for_size(32, 32, 8), warp_grid=4)
+    with torch.no_grad():
+        generator.head[-1].bias.copy_(torch.tensor([0.1, -0.05]))  # some displacement, not the identity
+    images = torch.rand(2, 1, 32, 32)
+    field = generator.displacement(images)
+    assert field.shape == (2, 2, 32, 32)
+    torch.testing.assert_close(generator(images), resample(images, field))
+    with pytest.raises(ValueError):
+        UNetGenerator(channels=1, widths=widths_for_size(32, 32, 8)).displacement(images)
 
 
 def test_shipped_architectures_stay_small():
@@ -396,6 +445,27 @@ def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
         assert summary["params"]["weight_smoothness"] == weight
         rough[weight] = summary["final"]["validation_mean_change_roughness"]
     assert rough[100.0] < 0.5 * rough[0.0]
+
+
+def test_fold_term_is_off_by_default_needs_warp_generators_and_unfolds_them(tmp_path):
+    assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights["weight_fold"] == 0.0  # the paper's objective
+    with pytest.raises(InvalidInput) as error:  # an additive generator has no field to unfold
+        make_plan({"weight_fold": 1.0}, (1, SIZE, SIZE), 2, 1)
+    assert error.value.code == "invalid_params"
+    images, classifier = halves_images(32), HalvesClassifier()
+    folds = {}
+    for weight in (0.0, 100.0):
+        params = {**FAST, "epochs": 2, "warp_grid": 8, "weight_fold": weight}
+        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
+        assert ("fold" in summary["final"]["losses"]) == (weight > 0)
+        assert summary["params"]["weight_fold"] == weight
+        pair = load_artifact(tmp_path / str(weight) / "artifact", "cpu")
+        with torch.no_grad():
+            sides = pair.sides(classifier(images))
+            fields = [pair.generators[side].displacement(images[sides == side]) for side in (0, 1)]
+            folds[weight] = sum(float(fold_penalty(field)) for field in fields)
+    # Pushed to the other side by the adversarial term, the fine field folds; the term undoes most of it.
+    assert folds[0.0] > 0.05 and folds[100.0] < 0.5 * folds[0.0]
 
 
 def test_a_universal_patch_transfers_to_every_image():

@@ -154,6 +154,21 @@ class UNetGenerator(nn.Module):
             nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.warp_grid:
+            return resample(images, self.displacement(images))
+        out = self._network(images)
+        if self.residual_output:
+            out = images + out
+        return out.clamp(0.0, 1.0)
+
+    def displacement(self, images: torch.Tensor) -> torch.Tensor:
+        """A warp generator's smooth field (``B x 2 x H x W``, ``grid_sample`` units) for ``images``:
+        ``forward`` is ``resample(images, displacement(images))``. Training reads it to penalise folds."""
+        if not self.warp_grid:
+            raise ValueError("only a warp generator (warp_grid > 0) has a displacement field")
+        return smooth_field(self._network(images), self.warp_grid)
+
+    def _network(self, images: torch.Tensor) -> torch.Tensor:
         skips = []
         x = images
         for level in self.encoder:
@@ -161,12 +176,7 @@ class UNetGenerator(nn.Module):
             skips.append(x)
         for level, skip in zip(self.decoder, reversed(skips[:-1])):
             x = level(x, skip)
-        out = self.head(x)
-        if self.warp_grid:
-            return warp(images, out, self.warp_grid)
-        if self.residual_output:
-            out = images + out
-        return out.clamp(0.0, 1.0)
+        return self.head(x)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -185,13 +195,39 @@ def warp(images: torch.Tensor, displacement: torch.Tensor, cells: int) -> torch.
     """``images`` resampled (bilinear, edges repeated) by ``displacement`` (``B x 2 x H x W``, x then y, in
     the ``[-1, 1]`` units of ``grid_sample``), averaged over ``cells x cells`` cells and interpolated back
     (bicubic) so that it is smooth: a zero displacement gives back the images (to float rounding)."""
-    height, width = images.shape[-2:]
+    return resample(images, smooth_field(displacement, cells))
+
+
+def smooth_field(displacement: torch.Tensor, cells: int) -> torch.Tensor:
+    """``displacement`` averaged over ``cells x cells`` cells and interpolated back to its size (bicubic)."""
+    height, width = displacement.shape[-2:]
     coarse = F.adaptive_avg_pool2d(displacement, (min(cells, height), min(cells, width)))
-    field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+
+
+def resample(images: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """``images`` read at each pixel's own place plus ``field`` (bilinear, edges repeated), in [0, 1]."""
     eye = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(len(images), 2, 3)
     grid = F.affine_grid(eye, list(images.shape), align_corners=False) + field.permute(0, 2, 3, 1).to(images.dtype)
     resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return resampled.clamp(0.0, 1.0)
+
+
+def jacobian_determinant(field: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of the mapping ``p -> p + field(p)`` that ``resample`` reads through,
+    by forward differences between neighbouring pixels: ``B x (H - 1) x (W - 1)``.
+
+    1 for the identity and any translation. It is the source area one output pixel reads: above 1
+    where the output shrinks what the image shows, below 1 where it enlarges it, 0 where one source
+    point is smeared over several pixels, negative where the mapping folds (neighbouring pixels read
+    the source in reversed order, which mirrors tissue into waves). The units cancel:
+    ``grid_sample``'s x and y scales divide out of the determinant, so it is the same in pixels.
+    """
+    height, width = field.shape[-2:]
+    # Pixel steps in grid_sample units (align_corners=False): 2 / W along x, 2 / H along y.
+    dx = (field[..., :-1, 1:] - field[..., :-1, :-1]) * (width / 2)
+    dy = (field[..., 1:, :-1] - field[..., :-1, :-1]) * (height / 2)
+    return (1 + dx[:, 0]) * (1 + dy[:, 1]) - dy[:, 0] * dx[:, 1]
 
 
 def widths_for_size(height: int, width: int, base_width: int = 16) -> list[int]:

@@ -19,7 +19,10 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   ``G[s](G[s](x)) - G[s](x)`` (the SyCE heatmap), against changes that flip a fragile classifier
   with a checkerboard or stripe texture instead of a smooth edit. And ours, off by default
   (``warp_grid``): generators that move the image's content by a smooth displacement field instead
-  of adding a change (``models.networks.unet.warp``), which cannot paint a texture at all.
+  of adding a change (``models.networks.unet.warp``), which cannot paint a texture at all. With
+  them, ours and off by default (``weight_fold``): ``fold_penalty`` of the field of every generator
+  pass, so a fine field (many cells) moves tissue as a smooth, invertible deformation instead of
+  folding it into waves.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -64,7 +67,7 @@ from models.artifacts.syce import (
 )
 from models.guard import model_left_as_found, predict_logits
 from models.networks.discriminator import Discriminator, discriminator_widths_for_size
-from models.networks.unet import UNetGenerator, widths_for_size
+from models.networks.unet import UNetGenerator, jacobian_determinant, resample, widths_for_size
 from xai.errors import InvalidInput
 from xai.methods.syce import resolve_preset, training_spec
 
@@ -127,6 +130,11 @@ def make_plan(
     preset, preset_values = resolve_preset(variant, params["preset"], image_shape[1], image_shape[2])
     params = {name: preset_values[name] if value is None else value for name, value in params.items()}
     weights = {name: value for name, value in params.items() if name.startswith("weight_")}
+    if weights["weight_fold"] > 0 and not params["warp_grid"]:
+        raise InvalidInput(
+            "weight_fold penalises folds of a warp generator's field: set warp_grid above 0 too",
+            code="invalid_params",
+        )
     return TrainingPlan(variant, preset, weights, params, target_class, num_classes, image_shape)
 
 
@@ -379,11 +387,21 @@ class TrainingRun:
         """The generator objective for a batch of side ``side`` (paper eq. 9-14)."""
         w = self.plan.weights
         forward, backward = self.generators[side], self.generators[1 - side]
-        adversarial = forward(source)
-        cycled = backward(adversarial)
+        fields: list[torch.Tensor] = []
+
+        def apply(generator: UNetGenerator, images: torch.Tensor) -> torch.Tensor:
+            # The same as generator(images); with the fold term on, the warp's field is kept for it.
+            if w["weight_fold"] <= 0:
+                return generator(images)
+            field = generator.displacement(images)
+            fields.append(field)
+            return resample(images, field)
+
+        adversarial = apply(forward, source)
+        cycled = apply(backward, adversarial)
         generated = [adversarial, cycled]
         if self.plan.variant == "syce":
-            generated.append(forward(adversarial))
+            generated.append(apply(forward, adversarial))
         # A batch of one image has no other image to carry its change.
         specific = w["weight_specificity"] > 0 and len(source) > 1
         if specific:
@@ -418,6 +436,9 @@ class TrainingRun:
             if self.plan.variant == "syce":
                 rough = rough + roughness(generated[2] - adversarial)
             terms["smoothness"] = w["weight_smoothness"] * rough
+        if fields:
+            # Every pass: the adversarial image, and the cycle and stable passes that undo it.
+            terms["fold"] = w["weight_fold"] * sum(fold_penalty(field) for field in fields) / len(fields)
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}, adversarial.detach()
 
@@ -672,6 +693,20 @@ def roughness(change: torch.Tensor) -> torch.Tensor:
     padded = F.pad(change, (1, 1, 1, 1), mode="replicate")
     blurred = F.avg_pool2d(padded, kernel_size=3, stride=1)
     return (change - blurred).abs().mean()
+
+
+FOLD_FLOOR = 0.5
+
+
+def fold_penalty(field: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Tensor:
+    """Mean ``max(0, floor - det J)`` over the pixels of a warp's ``field`` (``jacobian_determinant``).
+
+    0 for the identity, a translation or any gentle deformation; it grows where the mapping folds
+    (det < 0: tissue mirrored into waves), collapses (det = 0) or enlarges a spot of the image more
+    than 1 / ``floor`` times in area (how the skin line was dragged over the tissue), linearly in how
+    far, so its gradient does not vanish at a fold. The ``weight_fold`` term.
+    """
+    return F.relu(floor - jacobian_determinant(field)).mean()
 
 
 def mse_mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
