@@ -36,6 +36,7 @@ from pydicom.uid import (
 from xai.errors import ServiceError
 from xai.imaging import ACCEPTED_FORMATS, DecodeLimits, decode_annotation, decode_image, sniff_format
 from xai.imaging.canonical import min_max, to_unit_range
+from xai.imaging.dicom import _grey_steps
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -670,6 +671,49 @@ def test_invalid_window_width_falls_back_to_min_max():
     image = decode(synthetic_dicom(stored, bits_stored=16, WindowCenter=5, WindowWidth=0))
     np.testing.assert_allclose(image.pixels, [[0, 0.5, 1]])
     assert image.meta["window"] == "minmax"
+
+
+def test_a_modality_lut_out_of_order_stretches_only_the_values_the_frame_holds():
+    # Entries 4000, 0, 3000, 1000; the frame holds stored 1 and 2 only, so min-max runs over 0..3000,
+    # not over the whole table's 0..4000 (the table path must not read entries the frame lacks).
+    stored = np.array([[1, 2, 1]], np.uint16)
+    lut = [lut_item([4, 0, 16], [4000, 0, 3000, 1000])]
+    image = decode(synthetic_dicom(stored, bits_stored=16, ModalityLUTSequence=lut))
+    np.testing.assert_array_equal(image.pixels, [[0, 1, 0]])
+
+
+_NOISY = np.random.default_rng(7)
+GREY_CASES = {
+    "12-bit, rescale and window": (
+        _NOISY.integers(0, 4096, (40, 50)).astype(np.uint16), "MONOCHROME2", 12,
+        {"RescaleSlope": 2, "RescaleIntercept": -1024, "WindowCenter": 500, "WindowWidth": 1200}),
+    "signed, min-max": (_NOISY.integers(-1024, 3000, (40, 50)).astype(np.int16), "MONOCHROME2", 16, {}),
+    "signed, falling rescale": (
+        _NOISY.integers(-500, 500, (40, 50)).astype(np.int16), "MONOCHROME2", 16,
+        {"RescaleSlope": -0.5, "RescaleIntercept": 10}),
+    "MONOCHROME1, sigmoid window": (
+        _NOISY.integers(0, 1024, (40, 50)).astype(np.uint16), "MONOCHROME1", 10,
+        {"WindowCenter": 400, "WindowWidth": 300, "VOILUTFunction": "SIGMOID"}),
+    "VOI LUT": (_NOISY.integers(0, 4, (40, 50)).astype(np.uint16), "MONOCHROME2", 16,
+                {"VOILUTSequence": [lut_item([4, 0, 8], [0, 50, 200, 255])]}),
+    "modality LUT out of order": (
+        _NOISY.integers(1, 3, (40, 50)).astype(np.uint16), "MONOCHROME2", 16,
+        {"ModalityLUTSequence": [lut_item([4, 0, 16], [4000, 0, 3000, 1000])]}),
+    "8-bit, window too narrow": (_NOISY.integers(0, 256, (40, 50)).astype(np.uint8), "MONOCHROME2", 8,
+                                 {"WindowCenter": 5, "WindowWidth": 0}),
+}
+
+
+@pytest.mark.parametrize("case", GREY_CASES, ids=list(GREY_CASES))
+def test_grey_frames_through_the_value_table_equal_the_steps_on_every_pixel(case):
+    stored, photometric, bits, elements = GREY_CASES[case]
+    data = synthetic_dicom(stored, photometric, bits, **elements)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    expected, processing = _grey_steps(ds.pixel_array, ds, photometric)
+    image = decode(data)
+    np.testing.assert_array_equal(image.pixels, np.asarray(expected, dtype=np.float32))
+    assert {key: image.meta[key] for key in processing} == processing
+    assert len(np.unique(image.pixels)) > 1  # a case that stretched nothing would prove nothing
 
 
 def test_rgb_is_scaled_by_bits_stored_and_ybr_full_is_converted():

@@ -163,10 +163,15 @@ def to_unit_range(values: np.ndarray, *, declared_bits: int | None = None) -> tu
     return (values.astype(np.float64) / (2**bits - 1)).astype(np.float32), f"bit_range:{bits}"
 
 
-def min_max(values: np.ndarray) -> np.ndarray:
-    """Stretch ``values`` linearly so the frame's minimum is 0 and maximum 1 (zeros if constant)."""
+def min_max(values: np.ndarray, *, frame: np.ndarray | None = None) -> np.ndarray:
+    """Stretch ``values`` linearly so the frame's minimum is 0 and maximum 1 (zeros if constant).
+
+    ``frame`` holds the values whose range is stretched, when ``values`` is a table of every value a frame
+    could hold rather than the frame itself (``xai.imaging.dicom``); by default ``values``.
+    """
     values = values.astype(np.float64)
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    frame = values if frame is None else frame
+    low, high = (float(frame.min()), float(frame.max())) if frame.size else (0.0, 0.0)
     if high <= low:
         return np.zeros(values.shape, np.float32)
     return ((values - low) / (high - low)).astype(np.float32)
