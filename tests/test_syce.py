@@ -19,6 +19,7 @@ from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, jacobian_determinant, resample, warp, widths_for_size
 from models.training.syce import (
     CHECKPOINT_NAME,
+    displacement_length,
     evaluate_pair,
     fold_penalty,
     gradient_penalty,
@@ -165,6 +166,16 @@ def test_fold_penalty_is_zero_for_rigid_moves_and_grows_with_a_fold():
     mirrored = linear_field(height, width, [[-0.5, 0], [0, 1]])
     half = torch.cat([mirrored[..., : width // 2], identity[:1, ..., width // 2 :]], -1)
     assert 0 < float(fold_penalty(half)) < 1.0
+
+
+def test_displacement_length_is_the_mean_move_in_pixels():
+    height, width = 8, 16
+    field = torch.zeros(2, 2, height, width)
+    assert float(displacement_length(field)) == 0.0  # the identity
+    field[:, 0], field[:, 1] = 3 * 2 / width, -2 * 2 / height  # 3 px along x, 2 px back along y
+    assert float(displacement_length(field)) == pytest.approx(5.0)
+    field[:, :, :, width // 4 :] = 0  # only a quarter of the image moves
+    assert float(displacement_length(field)) == pytest.approx(5.0 / 4)
 
 
 def test_a_warp_generator_is_its_field_applied():
@@ -448,10 +459,11 @@ def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
 
 
 def test_fold_term_is_off_by_default_needs_warp_generators_and_unfolds_them(tmp_path):
-    assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights["weight_fold"] == 0.0  # the paper's objective
-    with pytest.raises(InvalidInput) as error:  # an additive generator has no field to unfold
-        make_plan({"weight_fold": 1.0}, (1, SIZE, SIZE), 2, 1)
-    assert error.value.code == "invalid_params"
+    for name in ("weight_fold", "weight_displacement"):
+        assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights[name] == 0.0  # the paper's objective
+        with pytest.raises(InvalidInput) as error:  # an additive generator has no field
+            make_plan({name: 1.0}, (1, SIZE, SIZE), 2, 1)
+        assert error.value.code == "invalid_params"
     images, classifier = halves_images(32), HalvesClassifier()
     folds = {}
     for weight in (0.0, 100.0):
@@ -466,6 +478,21 @@ def test_fold_term_is_off_by_default_needs_warp_generators_and_unfolds_them(tmp_
             folds[weight] = sum(float(fold_penalty(field)) for field in fields)
     # Pushed to the other side by the adversarial term, the fine field folds; the term undoes most of it.
     assert folds[0.0] > 0.05 and folds[100.0] < 0.5 * folds[0.0]
+
+
+def test_displacement_term_shortens_the_moves(tmp_path):
+    images, classifier = halves_images(32), HalvesClassifier()
+    lengths = {}
+    for weight in (0.0, 10.0):
+        params = {**FAST, "epochs": 2, "warp_grid": 8, "weight_displacement": weight}
+        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
+        assert ("displacement" in summary["final"]["losses"]) == (weight > 0)
+        pair = load_artifact(tmp_path / str(weight) / "artifact", "cpu")
+        with torch.no_grad():
+            sides = pair.sides(classifier(images))
+            fields = [pair.generators[side].displacement(images[sides == side]) for side in (0, 1)]
+            lengths[weight] = sum(float(displacement_length(field)) for field in fields)
+    assert lengths[10.0] < 0.5 * lengths[0.0]
 
 
 def test_a_universal_patch_transfers_to_every_image():

@@ -22,7 +22,9 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   of adding a change (``models.networks.unet.warp``), which cannot paint a texture at all. With
   them, ours and off by default (``weight_fold``): ``fold_penalty`` of the field of every generator
   pass, so a fine field (many cells) moves tissue as a smooth, invertible deformation instead of
-  folding it into waves.
+  folding it into waves; and ``weight_displacement``: the mean length of that field in pixels
+  (``displacement_length``), so the generator moves as little of the image as it can, which keeps
+  it from shifting whole tissue layers and the skin line when a local edit would do.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -79,6 +81,8 @@ PREDICTION_BATCH = 256
 PROGRESS_INTERVAL_S = 1.0
 # A checkpoint made with different values of these cannot be continued: the networks or the data
 # split would differ. ``epochs`` may change (train longer by calling again with more epochs).
+# Terms on a warp generator's displacement field (an additive generator has none).
+WARP_TERMS = ("weight_fold", "weight_displacement")
 RESUME_KEYS = (
     "variant",
     "target_class",
@@ -130,11 +134,11 @@ def make_plan(
     preset, preset_values = resolve_preset(variant, params["preset"], image_shape[1], image_shape[2])
     params = {name: preset_values[name] if value is None else value for name, value in params.items()}
     weights = {name: value for name, value in params.items() if name.startswith("weight_")}
-    if weights["weight_fold"] > 0 and not params["warp_grid"]:
-        raise InvalidInput(
-            "weight_fold penalises folds of a warp generator's field: set warp_grid above 0 too",
-            code="invalid_params",
-        )
+    for name in WARP_TERMS:
+        if weights[name] > 0 and not params["warp_grid"]:
+            raise InvalidInput(
+                f"{name} penalises a warp generator's field: set warp_grid above 0 too", code="invalid_params"
+            )
     return TrainingPlan(variant, preset, weights, params, target_class, num_classes, image_shape)
 
 
@@ -390,8 +394,8 @@ class TrainingRun:
         fields: list[torch.Tensor] = []
 
         def apply(generator: UNetGenerator, images: torch.Tensor) -> torch.Tensor:
-            # The same as generator(images); with the fold term on, the warp's field is kept for it.
-            if w["weight_fold"] <= 0:
+            # The same as generator(images); with a term on the field, the warp's field is kept for it.
+            if all(w[name] <= 0 for name in WARP_TERMS):
                 return generator(images)
             field = generator.displacement(images)
             fields.append(field)
@@ -436,9 +440,13 @@ class TrainingRun:
             if self.plan.variant == "syce":
                 rough = rough + roughness(generated[2] - adversarial)
             terms["smoothness"] = w["weight_smoothness"] * rough
-        if fields:
-            # Every pass: the adversarial image, and the cycle and stable passes that undo it.
+        # Every pass: the adversarial image, and the cycle and stable passes that undo it.
+        if w["weight_fold"] > 0:
             terms["fold"] = w["weight_fold"] * sum(fold_penalty(field) for field in fields) / len(fields)
+        if w["weight_displacement"] > 0:
+            terms["displacement"] = (
+                w["weight_displacement"] * sum(displacement_length(field) for field in fields) / len(fields)
+            )
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}, adversarial.detach()
 
@@ -707,6 +715,16 @@ def fold_penalty(field: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Tensor
     far, so its gradient does not vanish at a fold. The ``weight_fold`` term.
     """
     return F.relu(floor - jacobian_determinant(field)).mean()
+
+
+def displacement_length(field: torch.Tensor) -> torch.Tensor:
+    """Mean ``|dx| + |dy|`` of a warp's ``field`` in pixels (``grid_sample`` units: 2 / size per pixel).
+
+    0 for the identity, 5 for a translation by 3 px along x and 2 along y. The ``weight_displacement``
+    term: an L1 norm, so it favours moving a small part of the image over moving all of it a little.
+    """
+    height, width = field.shape[-2:]
+    return (field[:, 0].abs() * (width / 2) + field[:, 1].abs() * (height / 2)).mean()
 
 
 def mse_mae(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

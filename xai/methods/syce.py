@@ -30,6 +30,7 @@ VARIANTS = ("syce", "cyce")
 #                          not in the paper; default 0 = the paper's objective)
 #   weight_smoothness      roughness of G(x) - x (and, SyCE, of G(G(x)) - G(x)) (ours, default 0)
 #   weight_fold            folds of a warp generator's field, every pass (ours, default 0)
+#   weight_displacement    mean length of a warp generator's field in pixels, every pass (ours, default 0)
 # The paper's tables as printed: one row of values per problem, in the order of the variant's columns.
 _PRESET_COLUMNS = {
     "syce": (
@@ -129,6 +130,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "Not in the paper, warp generators only (warp_grid > 0): mean max(0, 0.5 - det J) of the "
             "Jacobian J of every pass's warp, against fields that fold the image or enlarge a spot of it "
             "over 2x in area, so a fine field moves tissue smoothly; 0 = the paper's objective", 0.0, 1000.0,
+        ),
+        Param(
+            "weight_displacement", "float", 0.0,
+            "Not in the paper, warp generators only (warp_grid > 0): mean |dx| + |dy| in pixels of every "
+            "pass's warp, so the generator moves as little of the image as it can instead of shifting "
+            "whole tissue layers; 0 = the paper's objective", 0.0, 1000.0,
         ),
         Param(
             "base_width", "int", 16, "Generator width at full resolution (doubles per level, max 4x)", 4, 64
