@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -26,9 +28,10 @@ from tests.test_api import client, store  # noqa: F401 - pytest fixtures
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.imaging import DecodedImage
-from xai.jobs import ExplainJob, ExplainResult, InputInfo, Stage, input_keys
+from xai.imaging.resize import display_copy
+from xai.jobs import ExplainJob, ExplainResult, InputInfo, Stage, display_key, input_keys
 from xai.methods import get_method
-from xai.wire import decode_heatmap
+from xai.wire import decode_display, decode_heatmap
 
 
 def _job(job_id: str, method: str = "saliency", faithfulness: bool = True) -> ExplainJob:
@@ -329,3 +332,33 @@ def test_a_batchs_inputs_stay_until_each_jobs_end_is_recorded(client, settings, 
     assert all(_status(client, job_id) == "finished" for job_id in job_ids)
     assert present_at_end == dict.fromkeys(job_ids, True)  # a leader and two peers, each with its input
     assert not [key for job_id in job_ids for key in input_keys(job_id) if connection.exists(key)]
+
+
+@pytest.mark.parametrize(("side", "channels", "worker_cap", "kept"), [
+    (56, 1, 1024, ("display.u8", (56, 56))),  # the input's own bytes, copied inside Redis
+    (100, 1, 64, ("display.u8", (64, 64))),  # staged under a larger cap than this worker's: shrunk to its own
+    (600, 3, 1024, ("input.png", (600, 600, 3))),  # a colour copy over 1 Mi values is kept as its PNG
+])
+def test_the_display_copy_is_kept_as_the_input_holds_it_or_as_this_worker_must_draw_it(
+    settings, side, channels, worker_cap, kept
+):
+    ModelStore(settings.model_store_dir).register_directory(DEMO_DIR / MODEL)
+    context = WorkerContext(settings.model_copy(update={"display_max_side": worker_cap}),
+                            Redis.from_url(settings.redis_url))
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    job = _job("display")
+    pixels = np.random.default_rng(side).random((side, side) if channels == 1 else (side, side, channels), np.float32)
+    inputs = job_inputs(job.job_id, DecodedImage(pixels, "png"), spec, display_max_side=1024, keep_native=False)
+    for key, blob in inputs.items():
+        context.connection.set(key, blob)
+    result = explain_batch(context, [job], GroupProgress([], None))["display"]
+    assert isinstance(result, ExplainResult) and "input.png" in result.files
+    name, shape = kept
+    stored = context.results.get("display", name)
+    display = decode_display(stored) if name == "display.u8" else np.asarray(Image.open(io.BytesIO(stored)))
+    assert display.shape == shape
+    staged = decode_display(inputs[display_key("display")])
+    if shape == staged.shape:
+        np.testing.assert_array_equal(display, staged)
+    else:
+        np.testing.assert_array_equal(display, display_copy(staged, *shape))

@@ -12,14 +12,14 @@ from redis import Redis
 
 from tests.test_api import client, mnist_digit, png, store, submit, work  # noqa: F401 - fixtures and helpers
 from xai.errors import NotFound
-from xai.results import FileResultStore, RedisResultStore
+from xai.results import FileResultStore, InputKey, RedisResultStore
 
 
 @pytest.fixture(params=["redis", "filesystem"])
 def result_store(request, settings, tmp_path):
     if request.param == "redis":
         return RedisResultStore(Redis.from_url(settings.redis_url))
-    return FileResultStore(tmp_path / "results")
+    return FileResultStore(tmp_path / "results", Redis.from_url(settings.redis_url))
 
 
 def test_a_store_gives_back_what_was_put_lists_it_discards_and_purges_it(result_store):
@@ -38,14 +38,26 @@ def test_a_store_gives_back_what_was_put_lists_it_discards_and_purges_it(result_
     assert result_store.names("job1") == [] and result_store.names("job2") == ["a.png"]
 
 
+def test_a_file_put_as_an_input_key_holds_that_input_and_outlives_it(result_store, settings):
+    redis = Redis.from_url(settings.redis_url)
+    redis.set("xai:display:job3", b"display copy", ex=60)
+    result_store.put({"job3": {"display.u8": InputKey("xai:display:job3"), "heatmap.f16": b"h"}}, 60)
+    redis.delete("xai:display:job3")  # the job's inputs go when it ends; its results stay
+    assert result_store.get("job3", "display.u8") == b"display copy"
+    assert result_store.names("job3") == ["display.u8", "heatmap.f16"]
+    with pytest.raises(NotFound) as gone:
+        result_store.put({"job4": {"display.u8": InputKey("xai:display:job4")}}, 60)
+    assert gone.value.code == "input_expired"
+
+
 def test_files_expire_with_their_ttl(result_store):
     result_store.put({"job": {"a.png": b"a"}}, 1)
     time.sleep(1.1)
     assert result_store.names("job") == []
 
 
-def test_the_filesystem_store_is_private_and_takes_no_path_as_an_id(tmp_path):
-    files = FileResultStore(tmp_path / "results")
+def test_the_filesystem_store_is_private_and_takes_no_path_as_an_id(tmp_path, settings):
+    files = FileResultStore(tmp_path / "results", Redis.from_url(settings.redis_url))
     files.put({"job": {"a.png": b"a"}}, 60)
     assert stat.S_IMODE((tmp_path / "results" / "job").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "results" / "job" / "a.png").stat().st_mode) == 0o600

@@ -12,6 +12,7 @@ reporting this job's share.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ from xai.jobs import (
     public_files,
     source_key,
 )
-from xai.wire import decode_canonical, decode_display, encode_display, encode_heatmap
+from xai.results import File, InputKey
+from xai.wire import DISPLAY_HEADER_BYTES, decode_canonical, decode_display, display_shape, encode_display, encode_heatmap
 
 FAITHFULNESS_STEPS = 50
 # A display copy of up to this many values (a 1024 px grey one, 1 MiB) is stored as it is.
@@ -63,8 +65,9 @@ class Member:
 
     job: ExplainJob
     image: np.ndarray  # canonical, at the model's input size
-    display: np.ndarray  # uint8, at most display_max_side on the long side, for the overlay
-    display_blob: bytes  # ``display`` as stored (``xai.wire.encode_display``), kept as the job's DISPLAY_COPY
+    display_shape: tuple[int, ...]  # of the display copy: uint8, at most display_max_side on the long side
+    display: np.ndarray | None  # its pixels, read only where a file is drawn from them here (``_draws_display``)
+    display_file: File  # the job's DISPLAY_COPY: its input's key (copied inside Redis), or a copy shrunk here
     native: np.ndarray | None  # the upload at its own resolution, patch mode only
     annotation: np.ndarray | None  # bool mask at the model's input size
     source: Dataset | None  # the source DICOM's filing attributes, outputs=dicom jobs only
@@ -146,26 +149,48 @@ def explain_batch(
 
 
 def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Member:
-    """A job's inputs from Redis; ``input_expired`` when the upload aged out before a worker reached it."""
-    blobs = connection.mget([input_key(job.job_id), display_key(job.job_id), native_key(job.job_id),
-                             annotation_key(job.job_id), source_key(job.job_id)])
-    image_blob, display_blob, native_blob, annotation_blob, source_blob = blobs
-    if image_blob is None or display_blob is None or ("dicom" in job.outputs and source_blob is None):
-        raise NotFound("the uploaded image has expired before a worker reached it; submit it again",
-                       code="input_expired")
-    display = decode_display(display_blob)
-    if max(display.shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
-        display = display_copy(display, *fit_within(*display.shape[:2], display_max_side))
-        display_blob = encode_display(display)
+    """A job's inputs from Redis; ``input_expired`` when the upload aged out before a worker reached it.
+
+    Of the display copy only its header is read, unless a file is drawn from it here (``_draws_display``):
+    the result store copies it from the input's key (a 1024 px one is 1 MiB read and written again)."""
+    key = display_key(job.job_id)
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.mget([input_key(job.job_id), native_key(job.job_id), annotation_key(job.job_id), source_key(job.job_id)])
+        pipe.getrange(key, 0, DISPLAY_HEADER_BYTES - 1)
+        (image_blob, native_blob, annotation_blob, source_blob), display_head = pipe.execute()
+    if image_blob is None or not display_head or ("dicom" in job.outputs and source_blob is None):
+        raise _input_expired()
+    shape, display, display_file = display_shape(display_head), None, InputKey(key)
+    if _draws_display(job, shape, display_max_side):
+        blob = connection.get(key)
+        if blob is None:
+            raise _input_expired()
+        display = decode_display(blob)
+        if max(shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
+            display = display_copy(display, *fit_within(*shape[:2], display_max_side))
+            display_file = encode_display(display)
+        shape = display.shape
     return Member(
         job=job,
         image=decode_canonical(image_blob),
+        display_shape=shape,
         display=display,
-        display_blob=display_blob,
+        display_file=display_file,
         native=None if native_blob is None else decode_canonical(native_blob),
         annotation=None if annotation_blob is None else decode_canonical(annotation_blob) > 0.5,
         source=None if source_blob is None else pydicom.dcmread(io.BytesIO(source_blob)),
     )
+
+
+def _draws_display(job: ExplainJob, shape: tuple[int, ...], display_max_side: int) -> bool:
+    """Whether this worker needs the display copy's pixels: for DICOM results (the overlay), for a copy over
+    its own cap, and for one stored as input.png (``_render``)."""
+    return ("dicom" in job.outputs or max(shape[:2]) > display_max_side
+            or ("png" in job.outputs and math.prod(shape) > RAW_DISPLAY_MAX_VALUES))
+
+
+def _input_expired() -> NotFound:
+    return NotFound("the uploaded image has expired before a worker reached it; submit it again", code="input_expired")
 
 
 def _explain(
@@ -213,7 +238,7 @@ def _at_size(heatmap: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 def _render_all(
     members: list[Member], per_method: dict[str, list[MethodResult]]
-) -> tuple[dict[str, dict[str, bytes]], dict[str, float]]:
+) -> tuple[dict[str, dict[str, File]], dict[str, float]]:
     """Every job's files, and the milliseconds each job's took."""
     files, render_ms = {}, {}
     for index, member in enumerate(members):
@@ -223,7 +248,7 @@ def _render_all(
     return files, render_ms
 
 
-def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes]:
+def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, File]:
     """The files of one job: the raw heatmap of each method and, for outputs=png, the input's display
     copy and per method any extra images (at the model's size). The gateway renders input.png and the
     heatmap and overlay PNGs from the copy when they are first downloaded (``service.rendering``): at
@@ -231,8 +256,8 @@ def _render(member: Member, results: dict[str, MethodResult]) -> dict[str, bytes
     (An outputs=dicom job's DICOM files are added after scoring: ``_add_dicom``.)"""
     png = "png" in member.job.outputs
     files = {}
-    if png and member.display.size <= RAW_DISPLAY_MAX_VALUES:
-        files[DISPLAY_COPY] = member.display_blob
+    if png and math.prod(member.display_shape) <= RAW_DISPLAY_MAX_VALUES:
+        files[DISPLAY_COPY] = member.display_file
     elif png:  # a large colour copy would hold up to 3 MiB until the first download: keep it as its PNG
         files[INPUT_PNG] = render.png_bytes(member.display)
     for method, result in results.items():
@@ -249,13 +274,13 @@ def _prefix(method: str, results: dict) -> str:
 
 def _stored_heatmap(result: MethodResult, member: Member) -> np.ndarray:
     heatmap = result.heatmap.float().numpy()
-    if max(heatmap.shape) > max(member.display.shape[:2]):  # patch mode: keep no more than is shown
-        heatmap = resize(heatmap, *member.display.shape[:2])
+    if max(heatmap.shape) > max(member.display_shape[:2]):  # patch mode: keep no more than is shown
+        heatmap = resize(heatmap, *member.display_shape[:2])
     return heatmap
 
 
 def _add_dicom(
-    files: dict[str, bytes], member: Member, loaded: LoadedModel, per_method: dict[str, list[MethodResult]],
+    files: dict[str, File], member: Member, loaded: LoadedModel, per_method: dict[str, list[MethodResult]],
     index: int, prediction: dict, target: int,
 ) -> dict:
     """Write each method's DICOM results into ``files``; what the job's metrics say of them."""

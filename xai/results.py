@@ -2,7 +2,8 @@
 
 The worker writes a job's files once (``put``); the gateway reads them (``get``, ``names``), adds the
 PNGs it renders on first download in place of the display copy (``put``, ``discard``) and erases them
-on DELETE (``purge``). Redis suits the embedded default and small deployments (files
+on DELETE (``purge``). A file the job's input already holds in Redis (the display copy) is put as an
+``InputKey``: the Redis store copies it inside Redis, so its bytes never travel to the worker and back. Redis suits the embedded default and small deployments (files
 expire with the job's TTL); a shared volume suits larger ones, where keeping images in Redis's
 memory would crowd out the queue. An object store is a third class with the same five methods.
 """
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from dataclasses import dataclass
+
 from redis import Redis
 
 from xai.errors import NotFound
@@ -24,9 +27,28 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FILE_NAME = re.compile(r"([a-z0-9_+-]{1,64}/)?[a-z0-9_.+-]{1,64}")
 
 
+@dataclass(frozen=True)
+class InputKey:
+    """A result file whose bytes are those Redis holds under ``key`` (an input of the job, still there)."""
+
+    key: str
+
+
+File = bytes | InputKey
+
+
+def input_gone(job_id: str) -> NotFound:
+    return NotFound(f"the uploaded image of job {job_id} expired before its results were stored; submit it again",
+                    code="input_expired")
+
+
 class ResultStore(Protocol):
-    def put(self, files_by_job: dict[str, dict[str, bytes]], ttl_s: int) -> None:
-        """Store each job's files (name -> bytes), to expire after ``ttl_s`` seconds."""
+    def put(self, files_by_job: dict[str, dict[str, File]], ttl_s: int) -> None:
+        """Store each job's files (name -> bytes or ``InputKey``), to expire after ``ttl_s`` seconds.
+
+        Raises:
+            NotFound: ``input_expired`` when an ``InputKey`` names a key Redis no longer holds.
+        """
 
     def get(self, job_id: str, name: str) -> bytes:
         """One file; NotFound (``unknown_file``) naming the job's files when there is no such file."""
@@ -60,15 +82,24 @@ class RedisResultStore:
     def _file(job_id: str, name: str) -> str:
         return f"xai:result:{job_id}:{name}"
 
-    def put(self, files_by_job: dict[str, dict[str, bytes]], ttl_s: int) -> None:
+    def put(self, files_by_job: dict[str, dict[str, File]], ttl_s: int) -> None:
+        copies = []  # (job, position of its COPY's answer)
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id, files in files_by_job.items():
                 for name, blob in files.items():
-                    pipe.set(self._file(job_id, name), blob, ex=ttl_s)
+                    if isinstance(blob, InputKey):
+                        copies.append((job_id, len(pipe)))
+                        pipe.copy(blob.key, self._file(job_id, name), replace=True)
+                        pipe.expire(self._file(job_id, name), ttl_s)
+                    else:
+                        pipe.set(self._file(job_id, name), blob, ex=ttl_s)
                 if files:
                     pipe.sadd(self._index(job_id), *files)
                     pipe.expire(self._index(job_id), ttl_s)
-            pipe.execute()
+            answers = pipe.execute()
+        for job_id, position in copies:
+            if not answers[position]:
+                raise input_gone(job_id)
 
     def get(self, job_id: str, name: str) -> bytes:
         blob = self.redis.get(self._file(job_id, name))
@@ -96,8 +127,9 @@ class FileResultStore:
     _EXPIRY = ".expires"
     _SWEEP_EVERY_S = 60.0
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, redis: Redis):
         self.root = root
+        self.redis = redis  # where an InputKey's bytes are read from
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._last_sweep = 0.0
 
@@ -106,7 +138,7 @@ class FileResultStore:
             raise NotFound(f"no job {job_id!r}", code="unknown_job")
         return self.root / job_id
 
-    def put(self, files_by_job: dict[str, dict[str, bytes]], ttl_s: int) -> None:
+    def put(self, files_by_job: dict[str, dict[str, File]], ttl_s: int) -> None:
         for job_id, files in files_by_job.items():
             folder = self._folder(job_id)
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -114,6 +146,10 @@ class FileResultStore:
             for name, blob in files.items():
                 if not FILE_NAME.fullmatch(name):
                     raise ValueError(f"not a result file name: {name!r}")
+                if isinstance(blob, InputKey):
+                    blob = self.redis.get(blob.key)
+                    if blob is None:
+                        raise input_gone(job_id)
                 path = folder / name
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -158,4 +194,4 @@ class FileResultStore:
 
 def open_result_store(kind: str, redis: Redis, root: Path) -> ResultStore:
     """The store ``XAI_RESULT_STORE`` names: ``redis`` (default) or ``filesystem`` under ``root``."""
-    return FileResultStore(root) if kind == "filesystem" else RedisResultStore(redis)
+    return FileResultStore(root, redis) if kind == "filesystem" else RedisResultStore(redis)

@@ -61,6 +61,30 @@ def decode_display(blob: bytes) -> np.ndarray:
     return _unpack(blob, np.uint8)
 
 
+# A display copy's .npy header (format 1.0, padded to a multiple of 64 bytes) fits in this many of its first bytes.
+DISPLAY_HEADER_BYTES = 256
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def display_shape(head: bytes) -> tuple[int, ...]:
+    """The shape of a display copy from the first ``DISPLAY_HEADER_BYTES`` of ``encode_display``'s bytes.
+
+    Raises:
+        ServiceError: code ``corrupt_stored_input`` when they are not a display copy's header.
+    """
+    try:
+        stream = io.BytesIO(head)
+        read_header = _NPY_HEADER_READERS[np.lib.format.read_magic(stream)]
+        shape, _, dtype = read_header(stream)
+    except (KeyError, ValueError, OSError, EOFError) as error:
+        raise ServiceError(f"the stored display copy is damaged ({type(error).__name__}); submit the job again",
+                           code="corrupt_stored_input") from error
+    if dtype != np.uint8 or len(shape) not in (2, 3):
+        raise ServiceError(f"the stored display copy is not of the expected kind ({dtype}, {len(shape)} dims); "
+                           "submit the job again", code="corrupt_stored_input")
+    return tuple(shape)
+
+
 def encode_heatmap(heatmap: np.ndarray) -> bytes:
     """An ``H x W`` heatmap at the explainer's resolution, stored as float16."""
     if heatmap.ndim != 2:
