@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -543,3 +544,16 @@ def test_a_job_past_its_time_limit_fails_with_timeout(settings, store):
         work(hurried)
         job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["error"]["code"] == "timeout"
+
+
+def test_an_upload_over_a_mebibyte_is_held_in_memory_never_spooled_to_disk(client, monkeypatch):
+    # Starlette rolls a form's file over to a temporary file past its spool size (1 MiB by default).
+    rolled = []
+    rollover = tempfile.SpooledTemporaryFile.rollover
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover",
+                        lambda spooled: rolled.append(spooled) or rollover(spooled))
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500), dtype=np.uint8)
+    data = png(noise)
+    assert len(data) > 2 * 2**20
+    assert submit(client, data).status_code == 202
+    assert rolled == []
