@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from redis import Redis
+from redis.client import Pipeline
 
 from service.deps import Gateway, Principal
 from xai.errors import Overloaded
@@ -26,20 +26,28 @@ def admit(gateway: Gateway, principal: Principal, queue: str) -> None:
         Overloaded: ``rate_limited`` (429), ``queue_full`` (429) or ``storage_full`` (503).
     """
     settings = gateway.settings
-    _check_memory(gateway, settings.redis_memory_headroom)  # first: the rate check writes
+    _check_memory(gateway, settings.redis_memory_headroom)  # first: the rate count writes
+    window = int(time.time()) // RATE_WINDOW_S
+    with gateway.redis.pipeline() as pipe:  # the rate count and the queue's depth in one round trip
+        if settings.rate_limit_per_minute:
+            _count_rate(pipe, principal.name, window)
+        if settings.max_queue_depth:
+            pipe.llen(gateway.queues[queue].key)
+        answers = pipe.execute()
     if settings.rate_limit_per_minute:
-        _check_rate(gateway.redis, principal.name, settings.rate_limit_per_minute)
-    if settings.max_queue_depth and gateway.queues[queue].count >= settings.max_queue_depth:
+        _check_rate(answers[0], window, settings.rate_limit_per_minute)
+    if settings.max_queue_depth and answers[-1] >= settings.max_queue_depth:
         raise Overloaded(f"the {queue} queue holds {settings.max_queue_depth} waiting jobs, its limit; "
                          "retry later", code="queue_full", retry_after_s=QUEUE_RETRY_S)
 
 
-def _check_rate(redis: Redis, name: str, per_minute: int) -> None:
+def _count_rate(pipe: Pipeline, name: str, window: int) -> None:
     """A fixed one-minute window per key: one INCR, and the window's key expires with it."""
-    window = int(time.time()) // RATE_WINDOW_S
     key = f"xai:rate:{name}:{window}"
-    with redis.pipeline() as pipe:
-        count, _ = pipe.incr(key).expire(key, RATE_WINDOW_S * 2).execute()
+    pipe.incr(key).expire(key, RATE_WINDOW_S * 2)
+
+
+def _check_rate(count: int, window: int, per_minute: int) -> None:
     if count > per_minute:
         retry = (window + 1) * RATE_WINDOW_S - int(time.time())
         raise Overloaded(f"this API key sent more than {per_minute} jobs this minute; retry in {retry} s",
