@@ -25,6 +25,7 @@ from service.ingest import job_inputs
 from tests.conftest import DEMO_DIR, REPO
 from tests.test_api import MODEL, mnist_digit, png, submit, _ended, _wait_for  # noqa: F401 - fixtures below
 from tests.test_api import client, store  # noqa: F401 - pytest fixtures
+from workers.main import WORKER_BEAT_REUSED_FOR, ExplainWorker
 from workers.pipeline import explain_batch
 from workers.runtime import GroupProgress, WorkerContext
 from xai.imaging import DecodedImage
@@ -362,3 +363,27 @@ def test_the_display_copy_is_kept_as_the_input_holds_it_or_as_this_worker_must_d
         np.testing.assert_array_equal(display, staged)
     else:
         np.testing.assert_array_equal(display, display_copy(staged, *shape))
+
+
+def test_the_worker_skips_a_beat_or_state_it_wrote_just_before_but_never_a_pipelined_one(settings):
+    connection = Redis.from_url(settings.redis_url)
+    worker = ExplainWorker([Queue("fast", connection=connection, serializer=JSONSerializer)], settings=settings,
+                           connection=connection, serializer=JSONSerializer)
+    worker.heartbeat()
+    first = connection.hget(worker.key, "last_heartbeat")
+    worker.heartbeat()  # back to back, as RQ beats before and after a dequeue: nothing is written
+    assert connection.hget(worker.key, "last_heartbeat") == first
+    worker.last_heartbeat -= 2 * WORKER_BEAT_REUSED_FOR
+    worker.heartbeat()
+    assert connection.hget(worker.key, "last_heartbeat") != first
+    worker.set_state("idle")
+    connection.hset(worker.key, "state", "marked")
+    worker.set_state("idle")  # already written by this worker
+    assert connection.hget(worker.key, "state") == b"marked"
+    with connection.pipeline() as pipe:
+        worker.set_state("idle", pipeline=pipe)
+        worker.heartbeat(pipeline=pipe)
+        pipe.execute()
+    assert connection.hget(worker.key, "state") == b"idle"
+    worker.set_state("busy")
+    assert connection.hget(worker.key, "state") == b"busy"

@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from datetime import timedelta
 
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
+from redis.client import Pipeline
 from rq.serializers import JSONSerializer
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from workers import claim, jobs
@@ -32,6 +35,7 @@ log = logging.getLogger("xai.worker")
 # What RQ's IntermediateQueue.cleanup fails a job with when a worker took it off the queue and died before
 # starting it: the job never ran.
 NEVER_STARTED = "Job was stuck in intermediate queue."
+WORKER_BEAT_REUSED_FOR = timedelta(seconds=1)
 
 
 class ExplainWorker(SimpleWorker):
@@ -47,6 +51,21 @@ class ExplainWorker(SimpleWorker):
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return self.abandoned_after_s
+
+    # Between two jobs RQ writes the worker's state and beats for it (HSET, EXPIRE) before and after each
+    # dequeue: six round trips when jobs come back to back. The key lives worker_ttl + 60 s, so a beat within
+    # the last second is enough, and a state already written need not be written again. Writes that go in a
+    # pipeline (RQ's own, with a job's start) are always made.
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        if pipeline is None and timeout is None and self.last_heartbeat is not None \
+                and now() - self.last_heartbeat < WORKER_BEAT_REUSED_FOR:
+            return
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry) -> None:
         if not self._lease_lost(job):
