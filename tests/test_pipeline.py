@@ -26,7 +26,7 @@ from tests.conftest import DEMO_DIR, REPO
 from tests.test_api import MODEL, mnist_digit, png, submit, _ended, _wait_for  # noqa: F401 - fixtures below
 from tests.test_api import client, store  # noqa: F401 - pytest fixtures
 from workers.main import WORKER_BEAT_REUSED_FOR, ExplainWorker
-from workers.pipeline import explain_batch
+from workers.pipeline import explain_batch, read_member
 from workers.runtime import GroupProgress, WorkerContext
 from xai.imaging import DecodedImage
 from xai.imaging.resize import display_copy
@@ -387,3 +387,15 @@ def test_the_worker_skips_a_beat_or_state_it_wrote_just_before_but_never_a_pipel
     assert connection.hget(worker.key, "state") == b"idle"
     worker.set_state("busy")
     assert connection.hget(worker.key, "state") == b"busy"
+
+
+@pytest.mark.parametrize(("seconds_left", "kept_at_least"), [(5, 90), (1000, 990)])
+def test_a_display_copy_about_to_expire_is_kept_for_the_longest_job_its_worker_may_run(
+    context, seconds_left, kept_at_least
+):
+    spec = context.models.get(MODEL, 1)[0].manifest.input
+    job = _job("held")
+    _stage_inputs(context.connection, job, mnist_digit(3, 2), spec)
+    context.connection.expire(display_key("held"), seconds_left)
+    read_member(context.connection, job, 1024, hold_s=100)
+    assert kept_at_least <= context.connection.ttl(display_key("held")) <= max(seconds_left, 100)

@@ -47,7 +47,14 @@ from xai.jobs import (
     source_key,
 )
 from xai.results import File, InputKey
-from xai.wire import DISPLAY_HEADER_BYTES, decode_canonical, decode_display, display_shape, encode_display, encode_heatmap
+from xai.wire import (
+    DISPLAY_HEADER_BYTES,
+    decode_canonical,
+    decode_display,
+    display_shape,
+    encode_display,
+    encode_heatmap,
+)
 
 FAITHFULNESS_STEPS = 50
 # A display copy of up to this many values (a 1024 px grey one, 1 MiB) is stored as it is.
@@ -102,7 +109,8 @@ def explain_batch(
         members = []
         for job in jobs:
             try:
-                members.append(read_member(ctx.connection, job, ctx.settings.display_max_side))
+                members.append(read_member(ctx.connection, job, ctx.settings.display_max_side,
+                                           hold_s=max(ctx.settings.timeout_fast_s, ctx.settings.timeout_slow_s)))
             except ServiceError as error:
                 ends[job.job_id] = error
     if not members:
@@ -148,18 +156,23 @@ def explain_batch(
     return ends
 
 
-def read_member(connection: Redis, job: ExplainJob, display_max_side: int) -> Member:
+def read_member(connection: Redis, job: ExplainJob, display_max_side: int, *, hold_s: int) -> Member:
     """A job's inputs from Redis; ``input_expired`` when the upload aged out before a worker reached it.
 
     Of the display copy only its header is read, unless a file is drawn from it here (``_draws_display``):
-    the result store copies it from the input's key (a 1024 px one is 1 MiB read and written again)."""
+    the result store copies it from the input's key when the job ends (a 1024 px one is 1 MiB read and
+    written again). So that it is still there then, a copy that would expire within ``hold_s`` (the
+    longest job timeout) is kept that long; the job's end deletes it as before."""
     key = display_key(job.job_id)
     with connection.pipeline(transaction=False) as pipe:
         pipe.mget([input_key(job.job_id), native_key(job.job_id), annotation_key(job.job_id), source_key(job.job_id)])
         pipe.getrange(key, 0, DISPLAY_HEADER_BYTES - 1)
-        (image_blob, native_blob, annotation_blob, source_blob), display_head = pipe.execute()
+        pipe.ttl(key)
+        (image_blob, native_blob, annotation_blob, source_blob), display_head, seconds_left = pipe.execute()
     if image_blob is None or not display_head or ("dicom" in job.outputs and source_blob is None):
         raise _input_expired()
+    if 0 <= seconds_left < hold_s:  # a job that waited nearly XAI_INPUT_TTL_S in the queue
+        connection.expire(key, hold_s)
     shape, display, display_file = display_shape(display_head), None, InputKey(key)
     if _draws_display(job, shape, display_max_side):
         blob = connection.get(key)

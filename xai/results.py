@@ -3,9 +3,10 @@
 The worker writes a job's files once (``put``); the gateway reads them (``get``, ``names``), adds the
 PNGs it renders on first download in place of the display copy (``put``, ``discard``) and erases them
 on DELETE (``purge``). A file the job's input already holds in Redis (the display copy) is put as an
-``InputKey``: the Redis store copies it inside Redis, so its bytes never travel to the worker and back. Redis suits the embedded default and small deployments (files
-expire with the job's TTL); a shared volume suits larger ones, where keeping images in Redis's
-memory would crowd out the queue. An object store is a third class with the same five methods.
+``InputKey``: the Redis store copies it inside Redis, so its bytes never travel to the worker and back.
+Redis suits the embedded default and small deployments (files expire with the job's TTL); a shared
+volume suits larger ones, where keeping images in Redis's memory would crowd out the queue. An object
+store is a third class with the same five methods.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-from dataclasses import dataclass
 
 from redis import Redis
 
