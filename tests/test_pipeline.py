@@ -23,8 +23,7 @@ from rq.worker import Worker
 from models.store import ModelStore
 from service.ingest import job_inputs
 from tests.conftest import DEMO_DIR, REPO
-from tests.test_api import MODEL, mnist_digit, png, submit, _ended, _wait_for  # noqa: F401 - fixtures below
-from tests.test_api import client, store  # noqa: F401 - pytest fixtures
+from tests.test_api import MODEL, _ended, _wait_for, client, mnist_digit, png, store, submit  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
 from workers.main import WORKER_BEAT_REUSED_FOR, ExplainWorker
 from workers.pipeline import explain_batch, read_member
 from workers.runtime import GroupProgress, WorkerContext

@@ -15,9 +15,9 @@ import sys
 import threading
 from datetime import timedelta
 
+from redis.client import Pipeline
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
-from redis.client import Pipeline
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
