@@ -13,6 +13,7 @@ import base64
 import binascii
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -217,11 +218,19 @@ def fetch_owned(gateway: Gateway, job_id: str, principal: Principal) -> Job:
 def fail_if_abandoned(gateway: Gateway, job: Job) -> Job:
     """A 'started' job whose worker stopped heartbeating is moved to failed by RQ's own cleanup.
 
-    ``job`` was just fetched, so its status is fresh: a poll of a running job costs one round trip."""
-    if job.get_status(refresh=False) == JobStatus.STARTED:
+    ``job`` was just fetched, so its status is fresh: a poll of a running job costs one round trip. A job
+    started less than ``abandoned_after_s`` ago still holds its first lease, so nothing is cleaned up for
+    it yet (the first poll of a long-polling client comes right after its POST)."""
+    if job.get_status(refresh=False) == JobStatus.STARTED and not _lease_surely_held(job, gateway.settings):
         StartedJobRegistry(job.origin, connection=gateway.redis, serializer=JSONSerializer).cleanup()
         job.refresh()
     return job
+
+
+def _lease_surely_held(job: Job, settings: Settings) -> bool:
+    """A worker's lease on a job lasts ``abandoned_after_s`` from its start, and heartbeats only extend it."""
+    started = job.started_at
+    return started is not None and (datetime.now(UTC) - started).total_seconds() < settings.abandoned_after_s
 
 
 def public_status(job: Job, base_url: str, signer: UrlSigner | None = None) -> schemas.JobStatus:

@@ -9,12 +9,16 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
 
 from models.store import ModelStore
 from service.main import create_app
@@ -557,3 +561,16 @@ def test_an_upload_over_a_mebibyte_is_held_in_memory_never_spooled_to_disk(clien
     assert len(data) > 2 * 2**20
     assert submit(client, data).status_code == 202
     assert rolled == []
+
+
+def test_a_poll_of_a_job_started_within_its_first_lease_runs_no_abandoned_job_cleanup(client, settings, monkeypatch):
+    cleaned = []
+    monkeypatch.setattr(StartedJobRegistry, "cleanup", lambda registry, *args, **kwargs: cleaned.append(registry.name))
+    job_id = submit(client, png(mnist_digit(3))).json()["job_id"]
+    job = Job.fetch(job_id, connection=Redis.from_url(settings.redis_url), serializer=JSONSerializer)
+    job.set_status(JobStatus.STARTED)
+    for started_ago_s, cleanups in ((0, []), (settings.abandoned_after_s + 1, ["fast"])):
+        job.started_at = datetime.now(UTC) - timedelta(seconds=started_ago_s)
+        job.save()
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "started"
+        assert cleaned == cleanups
