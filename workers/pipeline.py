@@ -28,7 +28,7 @@ from models.preprocess import to_model_input
 from workers import scoring
 from workers.explain import MethodResult, run_method
 from workers.runtime import GroupProgress, LoadedModel, WorkerContext
-from xai.errors import NotFound, ServiceError
+from xai.errors import ErrorCode, NotFound, ServiceError
 from xai.imaging import render
 from xai.imaging.resize import display_copy, fit_within, resize
 from xai.jobs import (
@@ -170,14 +170,14 @@ def read_member(connection: Redis, job: ExplainJob, display_max_side: int, *, ho
         pipe.ttl(key)
         (image_blob, native_blob, annotation_blob, source_blob), display_head, seconds_left = pipe.execute()
     if image_blob is None or not display_head or ("dicom" in job.outputs and source_blob is None):
-        raise _input_expired()
+        raise NotFound(code=ErrorCode.INPUT_EXPIRED)
     if 0 <= seconds_left < hold_s:  # a job that waited nearly XAI_INPUT_TTL_S in the queue
         connection.expire(key, hold_s)
     shape, display, display_file = display_shape(display_head), None, InputKey(key)
     if _draws_display(job, shape, display_max_side):
         blob = connection.get(key)
         if blob is None:
-            raise _input_expired()
+            raise NotFound(code=ErrorCode.INPUT_EXPIRED)
         display = decode_display(blob)
         if max(shape[:2]) > display_max_side:  # stored under a larger cap than this worker's
             display = display_copy(display, *fit_within(*shape[:2], display_max_side))
@@ -200,10 +200,6 @@ def _draws_display(job: ExplainJob, shape: tuple[int, ...], display_max_side: in
     its own cap, and for one stored as input.png (``_render``)."""
     return ("dicom" in job.outputs or max(shape[:2]) > display_max_side
             or ("png" in job.outputs and math.prod(shape) > RAW_DISPLAY_MAX_VALUES))
-
-
-def _input_expired() -> NotFound:
-    return NotFound("the uploaded image has expired before a worker reached it; submit it again", code="input_expired")
 
 
 def _explain(

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from redis import Redis
 
-from xai.errors import NotFound
+from xai.errors import ErrorCode, NotFound
 
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FILE_NAME = re.compile(r"([a-z0-9_+-]{1,64}/)?[a-z0-9_.+-]{1,64}")
@@ -35,11 +35,6 @@ class InputKey:
 
 
 File = bytes | InputKey
-
-
-def input_gone(job_id: str) -> NotFound:
-    return NotFound(f"the uploaded image of job {job_id} expired before its results were stored; submit it again",
-                    code="input_expired")
 
 
 class ResultStore(Protocol):
@@ -83,12 +78,12 @@ class RedisResultStore:
         return f"xai:result:{job_id}:{name}"
 
     def put(self, files_by_job: dict[str, dict[str, File]], ttl_s: int) -> None:
-        copies = []  # (job, position of its COPY's answer)
+        copies = []  # where each COPY's answer will be
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id, files in files_by_job.items():
                 for name, blob in files.items():
                     if isinstance(blob, InputKey):
-                        copies.append((job_id, len(pipe)))
+                        copies.append(len(pipe))
                         pipe.copy(blob.key, self._file(job_id, name), replace=True)
                         pipe.expire(self._file(job_id, name), ttl_s)
                     else:
@@ -97,9 +92,8 @@ class RedisResultStore:
                     pipe.sadd(self._index(job_id), *files)
                     pipe.expire(self._index(job_id), ttl_s)
             answers = pipe.execute()
-        for job_id, position in copies:
-            if not answers[position]:
-                raise input_gone(job_id)
+        if not all(answers[position] for position in copies):
+            raise NotFound(code=ErrorCode.INPUT_EXPIRED)
 
     def get(self, job_id: str, name: str) -> bytes:
         blob = self.redis.get(self._file(job_id, name))
@@ -149,7 +143,7 @@ class FileResultStore:
                 if isinstance(blob, InputKey):
                     blob = self.redis.get(blob.key)
                     if blob is None:
-                        raise input_gone(job_id)
+                        raise NotFound(code=ErrorCode.INPUT_EXPIRED)
                 path = folder / name
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
