@@ -458,40 +458,33 @@ def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
     assert rough[100.0] < 0.5 * rough[0.0]
 
 
+def _trained_warp_measure(tmp_path, term: str, weight: float, measure) -> float:
+    """Train the toy warp generators with ``term`` at ``weight``; ``measure`` of their fields, both sides summed."""
+    images, classifier = halves_images(32), HalvesClassifier()
+    params = {**FAST, "epochs": 2, "warp_grid": 8, term: weight}
+    summary = train(classifier, images, tmp_path / f"{term}-{weight}", params, no_progress, "cpu")
+    assert (term.removeprefix("weight_") in summary["final"]["losses"]) == (weight > 0)
+    assert summary["params"][term] == weight
+    pair = load_artifact(tmp_path / f"{term}-{weight}" / "artifact", "cpu")
+    with torch.no_grad():
+        sides = pair.sides(classifier(images))
+        return sum(float(measure(pair.generators[side].displacement(images[sides == side]))) for side in (0, 1))
+
+
 def test_fold_term_is_off_by_default_needs_warp_generators_and_unfolds_them(tmp_path):
     for name in ("weight_fold", "weight_displacement"):
         assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights[name] == 0.0  # the paper's objective
         with pytest.raises(InvalidInput) as error:  # an additive generator has no field
             make_plan({name: 1.0}, (1, SIZE, SIZE), 2, 1)
         assert error.value.code == "invalid_params"
-    images, classifier = halves_images(32), HalvesClassifier()
-    folds = {}
-    for weight in (0.0, 100.0):
-        params = {**FAST, "epochs": 2, "warp_grid": 8, "weight_fold": weight}
-        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
-        assert ("fold" in summary["final"]["losses"]) == (weight > 0)
-        assert summary["params"]["weight_fold"] == weight
-        pair = load_artifact(tmp_path / str(weight) / "artifact", "cpu")
-        with torch.no_grad():
-            sides = pair.sides(classifier(images))
-            fields = [pair.generators[side].displacement(images[sides == side]) for side in (0, 1)]
-            folds[weight] = sum(float(fold_penalty(field)) for field in fields)
+    folds = {weight: _trained_warp_measure(tmp_path, "weight_fold", weight, fold_penalty) for weight in (0.0, 100.0)}
     # Pushed to the other side by the adversarial term, the fine field folds; the term undoes most of it.
     assert folds[0.0] > 0.05 and folds[100.0] < 0.5 * folds[0.0]
 
 
 def test_displacement_term_shortens_the_moves(tmp_path):
-    images, classifier = halves_images(32), HalvesClassifier()
-    lengths = {}
-    for weight in (0.0, 10.0):
-        params = {**FAST, "epochs": 2, "warp_grid": 8, "weight_displacement": weight}
-        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
-        assert ("displacement" in summary["final"]["losses"]) == (weight > 0)
-        pair = load_artifact(tmp_path / str(weight) / "artifact", "cpu")
-        with torch.no_grad():
-            sides = pair.sides(classifier(images))
-            fields = [pair.generators[side].displacement(images[sides == side]) for side in (0, 1)]
-            lengths[weight] = sum(float(displacement_length(field)) for field in fields)
+    lengths = {weight: _trained_warp_measure(tmp_path, "weight_displacement", weight, displacement_length)
+               for weight in (0.0, 10.0)}
     assert lengths[10.0] < 0.5 * lengths[0.0]
 
 
