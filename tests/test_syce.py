@@ -16,7 +16,7 @@ from torch import nn
 
 from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.networks.discriminator import Discriminator
-from models.networks.unet import UNetGenerator, jacobian_determinant, resample, warp, widths_for_size
+from models.networks.unet import UNetGenerator, jacobian_determinant, resample, smooth_field, widths_for_size
 from models.training.syce import (
     CHECKPOINT_NAME,
     displacement_length,
@@ -125,7 +125,7 @@ def test_a_warp_generator_moves_the_content_and_paints_nothing():
     torch.testing.assert_close(generator(images), images, atol=1e-5, rtol=0)  # starts as the identity
     shift = torch.zeros(1, 2, 32, 32)
     shift[:, 0] = 4 * 2 / 32  # 4 pixels in grid_sample's [-1, 1] units: each output reads 4 px to its right
-    moved = warp(images, shift, 4)
+    moved = resample(images, smooth_field(shift, 4))
     torch.testing.assert_close(moved[..., 8:16], images[..., 12:20], atol=1e-5, rtol=0)
     assert moved.sum() == pytest.approx(images.sum(), abs=1e-3)  # moved, not brightened
     assert set(torch.unique(moved.round(decimals=4)).tolist()) <= {0.0, 1.0}  # no new grey levels painted

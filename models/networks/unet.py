@@ -191,22 +191,17 @@ class UNetGenerator(nn.Module):
         }
 
 
-def warp(images: torch.Tensor, displacement: torch.Tensor, cells: int) -> torch.Tensor:
-    """``images`` resampled (bilinear, edges repeated) by ``displacement`` (``B x 2 x H x W``, x then y, in
-    the ``[-1, 1]`` units of ``grid_sample``), averaged over ``cells x cells`` cells and interpolated back
-    (bicubic) so that it is smooth: a zero displacement gives back the images (to float rounding)."""
-    return resample(images, smooth_field(displacement, cells))
-
-
 def smooth_field(displacement: torch.Tensor, cells: int) -> torch.Tensor:
-    """``displacement`` averaged over ``cells x cells`` cells and interpolated back to its size (bicubic)."""
+    """``displacement`` (``B x 2 x H x W``, x then y, in the ``[-1, 1]`` units of ``grid_sample``) averaged
+    over ``cells x cells`` cells and interpolated back to its size (bicubic), so that it is smooth."""
     height, width = displacement.shape[-2:]
     coarse = F.adaptive_avg_pool2d(displacement, (min(cells, height), min(cells, width)))
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
 
 
 def resample(images: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-    """``images`` read at each pixel's own place plus ``field`` (bilinear, edges repeated), in [0, 1]."""
+    """``images`` read at each pixel's own place plus ``field`` (bilinear, edges repeated), in [0, 1]: a
+    zero field gives back the images (to float rounding)."""
     eye = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(len(images), 2, 3)
     grid = F.affine_grid(eye, list(images.shape), align_corners=False) + field.permute(0, 2, 3, 1).to(images.dtype)
     resampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

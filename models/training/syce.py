@@ -19,7 +19,7 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   ``G[s](G[s](x)) - G[s](x)`` (the SyCE heatmap), against changes that flip a fragile classifier
   with a checkerboard or stripe texture instead of a smooth edit. And ours, off by default
   (``warp_grid``): generators that move the image's content by a smooth displacement field instead
-  of adding a change (``models.networks.unet.warp``), which cannot paint a texture at all. With
+  of adding a change (``models.networks.unet.smooth_field`` and ``resample``), which cannot paint a texture at all. With
   them, ours and off by default (``weight_fold``): ``fold_penalty`` of the field of every generator
   pass, so a fine field (many cells) moves tissue as a smooth, invertible deformation instead of
   folding it into waves; and ``weight_displacement``: the mean length of that field in pixels
