@@ -24,7 +24,7 @@ from models.store import ModelStore
 from service.ingest import job_inputs
 from tests.conftest import DEMO_DIR, REPO
 from tests.test_api import MODEL, _ended, _wait_for, client, mnist_digit, png, store, submit  # noqa: F401 - fixtures below  # noqa: F401 - pytest fixtures
-from workers.main import WORKER_BEAT_REUSED_FOR, ExplainWorker
+from workers.main import WORKER_BEAT_REUSED_FOR, ExplainWorker, require_redis_version
 from workers.pipeline import explain_batch, read_member
 from workers.runtime import GroupProgress, WorkerContext
 from xai.imaging import DecodedImage
@@ -398,3 +398,12 @@ def test_a_display_copy_about_to_expire_is_kept_for_the_longest_job_its_worker_m
     context.connection.expire(display_key("held"), seconds_left)
     read_member(context.connection, job, 1024, hold_s=100)
     assert kept_at_least <= context.connection.ttl(display_key("held")) <= max(seconds_left, 100)
+
+
+@pytest.mark.parametrize(("version", "starts"), [((6, 0, 16), False), ((6, 2, 0), True), ((7, 4, 1), True)])
+def test_a_worker_refuses_a_redis_without_copy(version, starts):
+    if starts:
+        require_redis_version(version)
+    else:
+        with pytest.raises(SystemExit, match="6.0.16 is older than 6.2"):
+            require_redis_version(version)

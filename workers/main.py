@@ -36,6 +36,7 @@ log = logging.getLogger("xai.worker")
 # starting it: the job never ran.
 NEVER_STARTED = "Job was stuck in intermediate queue."
 WORKER_BEAT_REUSED_FOR = timedelta(seconds=1)
+MIN_REDIS = (6, 2)  # COPY
 
 
 class ExplainWorker(SimpleWorker):
@@ -206,4 +207,14 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, na
         maintenance_interval=settings.abandoned_after_s,
         worker_ttl=settings.worker_ttl_s,
     )
+    require_redis_version(worker.get_redis_server_version())
     return worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
+
+
+def require_redis_version(version: tuple[int, ...]) -> None:
+    """Refuse to start against a Redis older than ``MIN_REDIS``: every job would fail at its end, when its
+    display copy is filed with COPY (``xai.results.RedisResultStore``)."""
+    if version[:2] < MIN_REDIS:
+        shown = ".".join(str(part) for part in version)
+        raise SystemExit(f"Redis {shown} is older than {MIN_REDIS[0]}.{MIN_REDIS[1]}, which the workers need "
+                         "(the COPY command); point XAI_REDIS_URL at a newer one")
