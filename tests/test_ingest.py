@@ -3,6 +3,7 @@ image survives its storage encoding exactly, and neither module pulls in torch."
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 
 from service.ingest import ingest_upload, limits_from_settings
-from xai.wire import decode_canonical, encode_canonical
 from xai.errors import ServiceError
 from xai.imaging import DecodeLimits, decode_image
 from xai.settings import Settings
+from xai.wire import DISPLAY_HEADER_BYTES, decode_canonical, display_shape, encode_canonical, encode_display
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -93,3 +94,26 @@ def test_imaging_and_ingest_never_import_torch():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, timeout=120)
+
+
+@pytest.mark.parametrize(("head", "shape"), [
+    (encode_display(np.zeros((1024, 768), np.uint8))[:DISPLAY_HEADER_BYTES], (1024, 768)),
+    (encode_display(np.zeros((5, 7, 3), np.uint8))[:DISPLAY_HEADER_BYTES], (5, 7, 3)),
+    (b"not a display copy", None),
+    (encode_canonical(np.zeros((4, 4), np.float32))[:DISPLAY_HEADER_BYTES], None),  # compressed, not raw
+    (b"", None),  # the key is gone
+])
+def test_a_display_copy_shape_is_read_from_its_header_alone(head, shape):
+    if shape is not None:
+        assert display_shape(head) == shape
+    else:
+        with pytest.raises(ServiceError) as caught:
+            display_shape(head)
+        assert caught.value.code == "corrupt_stored_input"
+
+
+def test_a_float_array_is_not_a_display_copy():
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((4, 4), np.float32))
+    with pytest.raises(ServiceError, match="float32, 2 dims"):
+        display_shape(buffer.getvalue()[:DISPLAY_HEADER_BYTES])

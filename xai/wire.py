@@ -77,11 +77,8 @@ def display_shape(head: bytes) -> tuple[int, ...]:
         read_header = _NPY_HEADER_READERS[np.lib.format.read_magic(stream)]
         shape, _, dtype = read_header(stream)
     except (KeyError, ValueError, OSError, EOFError) as error:
-        raise ServiceError(f"the stored display copy is damaged ({type(error).__name__}); submit the job again",
-                           code="corrupt_stored_input") from error
-    if dtype != np.uint8 or len(shape) not in (2, 3):
-        raise ServiceError(f"the stored display copy is not of the expected kind ({dtype}, {len(shape)} dims); "
-                           "submit the job again", code="corrupt_stored_input")
+        raise _damaged(error) from error
+    _check_kind(dtype, len(shape), np.uint8)
     return tuple(shape)
 
 
@@ -116,9 +113,18 @@ def _unpack(blob: bytes, dtype: type) -> np.ndarray:
         raw = blob if blob[:6] == NPY_MAGIC else zlib.decompress(blob)
         array = np.load(io.BytesIO(raw), allow_pickle=False)
     except (zlib.error, ValueError, OSError, EOFError) as error:
-        raise ServiceError(f"the stored array is damaged ({type(error).__name__}); submit the job again",
-                           code="corrupt_stored_input") from error
-    if array.dtype != dtype or array.ndim not in (2, 3):
-        raise ServiceError(f"the stored array is not of the expected kind ({array.dtype}, {array.ndim} dims); "
-                           "submit the job again", code="corrupt_stored_input")
+        raise _damaged(error) from error
+    _check_kind(array.dtype, array.ndim, dtype)
     return array
+
+
+def _damaged(error: Exception) -> ServiceError:
+    return ServiceError(f"the stored array is damaged ({type(error).__name__}); submit the job again",
+                        code="corrupt_stored_input")
+
+
+def _check_kind(dtype: np.dtype, ndim: int, expected: type) -> None:
+    """An image or display copy is ``expected`` samples, ``H x W`` or ``H x W x 3``."""
+    if dtype != expected or ndim not in (2, 3):
+        raise ServiceError(f"the stored array is not of the expected kind ({dtype}, {ndim} dims); "
+                           "submit the job again", code="corrupt_stored_input")
