@@ -26,7 +26,7 @@ from models.training.classifier import (
     train_from_folder,
 )
 from models.training.data import load_image_folder
-from xai.errors import InvalidImage
+from xai.errors import InvalidImage, InvalidInput
 
 SPEC = InputSpec(height=16, width=16, channels=1)
 TINY = {"widths": [4, 8]}
@@ -147,7 +147,48 @@ def test_adversarial_training_is_recorded_in_the_evaluation():
         class_names=["plain", "spot"], output="sigmoid", epochs=1, batch_size=16, lr=1e-2, device="cpu", seed=0,
         augment=None, adversarial=AdversarialTraining(epsilon=0.5, steps=2, norm="l2"),
     )
-    assert evaluation["adversarial_training"] == {"epsilon": 0.5, "steps": 2, "norm": "l2", "warmup_epochs": 0}
+    assert evaluation["adversarial_training"] == {
+        "epsilon": 0.5, "steps": 2, "norm": "l2", "warmup_epochs": 0, "background_margin_px": None,
+    }
+
+
+def test_attack_confined_to_the_background_leaves_the_finding_and_its_margin_alone():
+    model, images = Linear(), torch.full((2, 1, 4, 4), 0.5)
+    regions = torch.zeros(2, 1, 4, 4)
+    regions[0, 0, 0, 0] = 1  # a finding in the corner of the first image; the second has none
+    attack = AdversarialTraining(epsilon=0.1, steps=10, norm="linf", background_margin_px=1)
+    allowed = attack.allowed_pixels(regions)
+    expected = torch.ones(2, 1, 4, 4)
+    expected[0, 0, :2, :2] = 0  # the finding and the pixels within 1 px of it
+    assert torch.equal(allowed, expected)
+    moved = attack.attack(model, images, lambda logits: logits.sum(), torch.Generator().manual_seed(0), allowed)
+    change = moved - images
+    assert torch.equal(change[0, 0, :2, :2], torch.zeros(2, 2))
+    assert torch.allclose(change[allowed.bool()], 0.1 * model.weight.sign().expand_as(images)[allowed.bool()])
+    assert AdversarialTraining().allowed_pixels(regions) is None
+
+
+def test_background_attack_without_regions_is_refused():
+    images, labels = separable_images(8, seed=0)
+    with pytest.raises(InvalidInput) as error:
+        train_classifier(
+            images, labels, architecture="small_cnn", architecture_args=TINY, input_spec=SPEC,
+            class_names=["plain", "spot"], output="sigmoid", epochs=1, batch_size=4, lr=1e-2, device="cpu",
+            seed=0, adversarial=AdversarialTraining(background_margin_px=2),
+        )
+    assert error.value.code == "invalid_training_data"
+
+
+def test_augmentation_moves_regions_with_the_image():
+    # An image that is its own mask: after the same warp, the moved mask is where the image is bright.
+    square = torch.zeros(4, 1, 32, 32)
+    square[:, :, 10:20, 8:16] = 1
+    augment = Augmentation(rotation_degrees=30, translate=0.15, horizontal_flip=True, contrast=0, brightness=0)
+    moved, regions = augment.with_regions(square, square.clone(), torch.Generator().manual_seed(0))
+    assert torch.equal(regions, (moved > 0.5).float())
+    assert not torch.equal(regions, square)
+    alone = augment(square, torch.Generator().manual_seed(0))
+    assert torch.equal(alone, moved)  # the same draws with and without regions
 
 
 def test_augmentation_keeps_range_and_shape():
@@ -231,3 +272,15 @@ def test_shipped_demo_model_reaches_its_recorded_test_figures(name):
     assert len(test.labels) == manifest.evaluation["n_test"]
     # Another thread count may round a borderline logit the other way: allow one image.
     assert accuracy == pytest.approx(manifest.evaluation["accuracy"], abs=1.01 / len(test.labels))
+
+
+@pytest.mark.skipif(not DATA_ROOT.is_dir(), reason="the developer data set (../shared/data) is not here")
+def test_busi_split_carries_each_image_s_lesion_mask():
+    # labels.csv records each mask's area and bounding box at 128 px; the regions must be those masks.
+    rows = [row for row in demo.read_table(DATA_ROOT / "busi" / "labels.csv") if row["split_hint"] == "test"]
+    test = demo.busi_test_split(DATA_ROOT)
+    assert test.regions.shape == (len(rows), 1, 128, 128)
+    for row, region in zip(rows[:20], test.regions[:20, 0]):
+        assert float(region.mean()) == pytest.approx(float(row["mask_fraction"]), abs=5e-4)
+        ys, xs = torch.nonzero(region, as_tuple=True)
+        assert (int(xs.min()), int(ys.min())) == (int(row["mask_bbox_x"]), int(row["mask_bbox_y"]))

@@ -63,7 +63,17 @@ class Augmentation:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a ``B x C x H x W`` batch in [0, 1]; random draws come from ``generator`` (CPU)."""
-        count = images.shape[0]
+        return self.with_regions(images, None, generator)[0]
+
+    def with_regions(
+        self, images: torch.Tensor, regions: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Augment a batch and move its ``B x 1 x H x W`` region masks (0 / 1) with the same warp.
+
+        The masks (an annotated finding, e.g. a lesion) are moved by the geometric part only and
+        come back as 0 / 1 again; the random draws are those of ``__call__``.
+        """
+        count, channels = images.shape[0], images.shape[1]
 
         def uniform(low: float, high: float) -> torch.Tensor:
             return (low + (high - low) * torch.rand(count, generator=generator)).to(images.device)
@@ -80,12 +90,16 @@ class Augmentation:
         theta = torch.stack(
             [torch.stack([mirror * cos, -sin, shift_x], 1), torch.stack([mirror * sin, cos, shift_y], 1)], 1
         )
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        mean = moved.mean(dim=(1, 2, 3), keepdim=True)
+        stack = images if regions is None else torch.cat([images, regions.to(images)], 1)
+        grid = F.affine_grid(theta, list(stack.shape), align_corners=False)
+        moved = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved_images = moved[:, :channels]
+        mean = moved_images.mean(dim=(1, 2, 3), keepdim=True)
         contrast = uniform(1 - self.contrast, 1 + self.contrast).reshape(-1, 1, 1, 1)
         brightness = uniform(-self.brightness, self.brightness).reshape(-1, 1, 1, 1)
-        return ((moved - mean) * contrast + mean + brightness).clamp(0, 1)
+        augmented = ((moved_images - mean) * contrast + mean + brightness).clamp(0, 1)
+        moved_regions = None if regions is None else (moved[:, channels:] > 0.5).to(regions.dtype)
+        return augmented, moved_regions
 
 
 @dataclass(frozen=True)
@@ -104,12 +118,18 @@ class AdversarialTraining:
         warmup_epochs: ``epsilon`` grows linearly to its value over these first epochs, so that a
             pretrained network that is not robust is not attacked at full radius at once (the NIH
             runs at full radius from the first epoch started at a training loss of 4.7).
+        background_margin_px: None attacks the whole image. A number confines the attack to the
+            pixels farther than that from the image's annotated finding (``train_classifier``'s
+            ``regions``): the classifier learns to ignore changes away from the finding and stays
+            free to react to the finding itself, so a counterfactual generator has to edit the
+            finding to flip it.
     """
 
     epsilon: float = 1.0
     steps: int = 3
     norm: Literal["l2", "linf"] = "l2"
     warmup_epochs: int = 0
+    background_margin_px: int | None = None
 
     def at_epoch(self, epoch: int) -> AdversarialTraining:
         """The attack of 1-based ``epoch``: the radius of the warm-up ramp."""
@@ -119,18 +139,29 @@ class AdversarialTraining:
 
     def attack(
         self, model: nn.Module, batch: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor],
-        generator: torch.Generator,
+        generator: torch.Generator, allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The batch moved within ``epsilon`` to raise ``loss_of(model(.))``; no parameter gradients."""
+        """The batch moved within ``epsilon`` to raise ``loss_of(model(.))``; no parameter gradients.
+
+        ``allowed`` (broadcast to the batch, 0 / 1) confines the change to where it is 1.
+        """
+        allowed = torch.ones_like(batch) if allowed is None else allowed.expand_as(batch)
         noise = (torch.rand(batch.shape, generator=generator) * 2 - 1).to(batch.device)
-        moved = (batch + self._project(noise * self.epsilon)).clamp(0, 1)
+        moved = (batch + self._project(noise * self.epsilon * allowed)).clamp(0, 1)
         step = 2.5 * self.epsilon / self.steps
         for _ in range(self.steps):
             moved.requires_grad_(True)
             (grad,) = torch.autograd.grad(loss_of(model(moved)), moved)
-            moved = batch + self._project(moved.detach() + step * self._direction(grad) - batch)
-            moved = moved.clamp(0, 1)
+            change = (moved.detach() + step * self._direction(grad * allowed) - batch) * allowed
+            moved = (batch + self._project(change)).clamp(0, 1)
         return moved.detach()
+
+    def allowed_pixels(self, regions: torch.Tensor | None) -> torch.Tensor | None:
+        """Where the attack may change a batch whose findings are ``regions``; None: everywhere."""
+        if self.background_margin_px is None or regions is None:
+            return None
+        margin = self.background_margin_px
+        return 1 - F.max_pool2d(regions.float(), 2 * margin + 1, stride=1, padding=margin)
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         """Steepest ascent of unit norm: the sign (L-infinity) or the normalised gradient (L2)."""
@@ -167,6 +198,7 @@ def train_classifier(
     balance_classes: bool = True,
     initial_state: Mapping[str, torch.Tensor] | None = None,
     adversarial: AdversarialTraining | None = None,
+    regions: torch.Tensor | None = None,
     dataset: str = "",
     split: str = "",
 ) -> tuple[nn.Module, dict]:
@@ -199,6 +231,8 @@ def train_classifier(
         initial_state: A state_dict to start from (pretraining). Default: None.
         adversarial: Also train on a PGD attack of each batch (recorded in the evaluation).
             Default: None.
+        regions: ``N x 1 x H x W`` masks (0 / 1) of each image's annotated finding, moved with
+            the augmentation; needed by an attack confined to the background. Default: None.
         dataset: Name of the data set, recorded in the evaluation. Default: "".
         split: How the held-out images were chosen, recorded in the evaluation. Default: "".
 
@@ -211,6 +245,14 @@ def train_classifier(
         InvalidInput: ``invalid_training_data`` when images and labels do not match the classes.
     """
     _check_training_data(images, labels, class_names, output)
+    if adversarial is not None and adversarial.background_margin_px is not None and regions is None:
+        raise InvalidInput("an attack confined to the background needs each image's regions",
+                           code="invalid_training_data")
+    if regions is not None and regions.shape != (images.shape[0], 1, *images.shape[2:]):
+        raise InvalidInput(
+            f"regions must be one N x 1 x H x W mask per image, got {tuple(regions.shape)} for images "
+            f"{tuple(images.shape)}", code="invalid_training_data",
+        )
     device = torch.device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -229,7 +271,7 @@ def train_classifier(
         model.train()
         loss = _train_one_epoch(
             model, images, labels, loss_function, optimizer, schedule, batch_size, augment, generator,
-            None if adversarial is None else adversarial.at_epoch(epoch),
+            None if adversarial is None else adversarial.at_epoch(epoch), regions,
         )
         if progress is not None:
             note = f"epoch {epoch}/{epochs}, train loss {loss:.4f}"
@@ -253,7 +295,7 @@ def train_classifier(
     if adversarial is not None:
         evaluation["adversarial_training"] = {
             "epsilon": adversarial.epsilon, "steps": adversarial.steps, "norm": adversarial.norm,
-            "warmup_epochs": adversarial.warmup_epochs,
+            "warmup_epochs": adversarial.warmup_epochs, "background_margin_px": adversarial.background_margin_px,
         }
     return net, evaluation
 
@@ -479,6 +521,7 @@ def _train_one_epoch(
     augment: Augmentation | None,
     generator: torch.Generator,
     adversarial: AdversarialTraining | None = None,
+    regions: torch.Tensor | None = None,
 ) -> float:
     device = next(model.parameters()).device
     order = torch.randperm(len(images), generator=generator)
@@ -488,8 +531,9 @@ def _train_one_epoch(
         if len(index) < 2:  # batch norm cannot normalise a batch of one image
             continue
         batch, target = images[index].to(device), labels[index].to(device)
+        region = None if regions is None else regions[index].to(device)
         if augment is not None:
-            batch = augment(batch, generator)
+            batch, region = augment.with_regions(batch, region, generator)
 
         def loss_of(logits: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
             if isinstance(loss_function, nn.BCEWithLogitsLoss):
@@ -498,7 +542,8 @@ def _train_one_epoch(
 
         loss = loss_of(model(batch))
         if adversarial is not None:
-            loss = (loss + loss_of(model(adversarial.attack(model, batch, loss_of, generator)))) / 2
+            attacked = adversarial.attack(model, batch, loss_of, generator, adversarial.allowed_pixels(region))
+            loss = (loss + loss_of(model(attacked))) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

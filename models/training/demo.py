@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import DEMO_DIR, SHARED_DATA
 from models.manifest import InputSpec, ModelManifest
 from models.networks import default_target_layer
 from models.preprocess import to_model_input
@@ -35,7 +36,6 @@ from models.training.classifier import (
     save_model_folder,
     train_classifier,
 )
-from models import DEMO_DIR, SHARED_DATA
 from models.training.data import read_image
 from xai.errors import InvalidInput
 from xai.imaging import DecodeLimits
@@ -47,10 +47,12 @@ _COMMAND = "xai train demo --name"
 
 @dataclass
 class Split:
-    """Images (``N x C x H x W`` in [0, 1]) and labels of a training or test split."""
+    """Images (``N x C x H x W`` in [0, 1]) and labels of a training or test split, and where the data
+    set annotates each image's finding (``N x 1 x H x W``, 0 / 1), if it does."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    regions: torch.Tensor | None = None
 
 
 def stack_canonical(pixels: list[np.ndarray], spec: InputSpec) -> torch.Tensor:
@@ -275,10 +277,18 @@ BUSI_SIZE = 128
 
 
 def busi_split(data_root: Path, spec: InputSpec, split: str) -> Split:
-    """BUSI benign (0) vs malignant (1); ``split`` "train" or "test" (the data set's ``split_hint``)."""
+    """BUSI benign (0) vs malignant (1) with the lesion masks as regions; ``split`` "train" or "test"
+    (the data set's ``split_hint``)."""
     folder = data_root / "busi"
     table = read_table(folder / "labels.csv")
-    return read_split(folder / "images", table, split, lambda row: int(row["label_int"]), spec)
+    images = read_split(folder / "images", table, split, lambda row: int(row["label_int"]), spec)
+    masks = read_split(folder / "masks", table, split, lambda row: int(row["label_int"]), grey_at(spec))
+    return Split(images.images, images.labels, regions=(masks.images > 0.5).float())
+
+
+def grey_at(spec: InputSpec) -> InputSpec:
+    """One grey channel at ``spec``'s size (masks)."""
+    return InputSpec(height=spec.height, width=spec.width, channels=1)
 
 
 def busi_splits(data_root: Path, spec: InputSpec) -> tuple[Split, Split]:
