@@ -120,9 +120,9 @@ class AdversarialTraining:
             runs at full radius from the first epoch started at a training loss of 4.7).
         background_margin_px: None attacks the whole image. A number confines the attack to the
             pixels farther than that from the image's annotated finding (``train_classifier``'s
-            ``regions``): the classifier learns to ignore changes away from the finding and stays
-            free to react to the finding itself, so a counterfactual generator has to edit the
-            finding to flip it.
+            ``regions``), meant to make the classifier ignore changes away from the finding, so
+            that a counterfactual generator has to edit the finding to flip it. On BUSI the
+            robustness spread to the lesion too (README, SyCE section); no demo recipe uses it.
     """
 
     epsilon: float = 1.0
