@@ -36,36 +36,22 @@ from models.training.classifier import (
     stratified_split,
     train_classifier,
 )
+from workers.scoring import localization
 
 ATTACK_NORMS = (1.0, 3.0)
 
 
-def confined_flip_rate(model: torch.nn.Module, images: torch.Tensor, allowed: torch.Tensor, norm: float) -> float:
-    """Share of images whose decision a 20-step L2 attack of ``norm``, changing only ``allowed``, flips."""
-    with torch.no_grad():
-        decided = model(images)[:, 0] > 0
-    towards_other = 1 - 2 * decided.float()
-    attack = AdversarialTraining(epsilon=norm, steps=20, norm="l2")
-    moved = attack.attack(
-        model, images, lambda logits: (logits[:, 0] * towards_other).sum(), torch.Generator().manual_seed(0), allowed
-    )
-    with torch.no_grad():
-        return round(float(((model(moved)[:, 0] > 0) != decided).float().mean()), 3)
-
-
 def grad_cam_ncc(model: torch.nn.Module, images: torch.Tensor, regions: torch.Tensor) -> float:
-    """Mean normalised cross-correlation of Grad-CAM (for the decided class) with the lesion masks."""
+    """Mean NCC (``workers.scoring.localization``) of Grad-CAM, for the decided class, with the lesion masks;
+    maps that are constant (no NCC) are left out, as in bench/syce_localization_table.py."""
     with torch.no_grad():
         decided = (model(images)[:, 0] > 0).long()
     layer = dict(model.named_modules())["1." + default_target_layer(model[1])]
     maps = GradCAM(model=model, target_layers=[layer])(
         input_tensor=images, targets=[BinaryClassifierOutputTarget(int(d)) for d in decided]
     )
-    scores = []
-    for heat, mask in zip(maps, regions[:, 0].numpy()):
-        a, b = heat - heat.mean(), mask - mask.mean()
-        scores.append(float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12)))
-    return round(float(np.mean(scores)), 3)
+    scores = [localization(heat, mask)["ncc"] for heat, mask in zip(maps, regions[:, 0].numpy())]
+    return round(float(np.mean([score for score in scores if score is not None])), 3)
 
 
 def main() -> None:
@@ -92,7 +78,9 @@ def main() -> None:
         model = torch.nn.Sequential(Normalization(spec), net).eval()
         outside = AdversarialTraining(background_margin_px=args.margin).allowed_pixels(regions)
         flips = {
-            f"attack_{where}_l2_{norm:g}_flips": confined_flip_rate(model, images, allowed, norm)
+            f"attack_{where}_l2_{norm:g}_flips": round(
+                AdversarialTraining(norm, 20, "l2").flip_rate(model, images, allowed), 3
+            )
             for where, allowed in (("out", outside), ("in", 1 - outside)) for norm in ATTACK_NORMS
         }
         row = {

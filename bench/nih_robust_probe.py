@@ -31,19 +31,6 @@ from models.training.classifier import (
 ATTACK_NORMS = (0.5, 1.0, 2.5)
 
 
-def attacked_flip_rate(model: torch.nn.Module, images: torch.Tensor, norm: float) -> float:
-    """Share of images whose decision a 10-step L2 attack of ``norm`` flips (one sigmoid logit)."""
-    with torch.no_grad():
-        decided = model(images)[:, 0] > 0
-    towards_other = 1 - 2 * decided.float()
-    attack = AdversarialTraining(epsilon=norm, steps=10, norm="l2")
-    moved = attack.attack(
-        model, images, lambda logits: (logits[:, 0] * towards_other).sum(), torch.Generator().manual_seed(0)
-    )
-    with torch.no_grad():
-        return round(float(((model(moved)[:, 0] > 0) != decided).float().mean()), 3)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--radii", default="0,0.1,0.25,0.5,1.0")
@@ -72,7 +59,8 @@ def main() -> None:
         )
         model = torch.nn.Sequential(Normalization(spec), net).eval()
         flips = {
-            f"attack_l2_{n:g}_flips": attacked_flip_rate(model, train.images[held], n) for n in ATTACK_NORMS
+            f"attack_l2_{n:g}_flips": round(AdversarialTraining(n, 10, "l2").flip_rate(model, train.images[held]), 3)
+            for n in ATTACK_NORMS
         }
         row = {
             "radius": radius,

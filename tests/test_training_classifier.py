@@ -168,6 +168,22 @@ def test_attack_confined_to_the_background_leaves_the_finding_and_its_margin_alo
     assert AdversarialTraining().allowed_pixels(regions) is None
 
 
+class MeanAboveHalf(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1).mean(1, keepdim=True) - 0.5
+
+
+def test_flip_rate_counts_the_decisions_an_attack_of_its_size_flips():
+    # Flipping needs the mean to cross 0.5: image 0 (0.51) by an L2 change of 0.04, image 1 (0.9) of 1.6.
+    images = torch.stack([torch.full((1, 4, 4), 0.51), torch.full((1, 4, 4), 0.9)])
+    attack = AdversarialTraining(epsilon=0.5, steps=10, norm="l2")
+    assert attack.flip_rate(MeanAboveHalf(), images) == 0.5
+    half = torch.zeros(1, 1, 4, 4)
+    half[..., :2] = 1  # 8 pixels may change: image 0 still flips with 0.02 each (L2 0.057)
+    assert attack.flip_rate(MeanAboveHalf(), images, half) == 0.5
+    assert attack.flip_rate(MeanAboveHalf(), images, torch.zeros(1, 1, 4, 4)) == 0.0
+
+
 def test_background_attack_without_regions_is_refused():
     images, labels = separable_images(8, seed=0)
     with pytest.raises(InvalidInput) as error:

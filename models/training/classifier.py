@@ -156,6 +156,18 @@ class AdversarialTraining:
             moved = (batch + self._project(change)).clamp(0, 1)
         return moved.detach()
 
+    def flip_rate(self, model: nn.Module, images: torch.Tensor, allowed: torch.Tensor | None = None) -> float:
+        """Share of ``images`` whose decision (one sigmoid logit) this attack, aimed at the other side, flips."""
+        with torch.no_grad():
+            decided = model(images)[:, 0] > 0
+        towards_other = 1 - 2 * decided.float()
+        moved = self.attack(
+            model, images, lambda logits: (logits[:, 0] * towards_other).sum(), torch.Generator().manual_seed(0),
+            allowed,
+        )
+        with torch.no_grad():
+            return float(((model(moved)[:, 0] > 0) != decided).float().mean())
+
     def allowed_pixels(self, regions: torch.Tensor | None) -> torch.Tensor | None:
         """Where the attack may change a batch whose findings are ``regions``; None: everywhere."""
         if self.background_margin_px is None or regions is None:

@@ -282,13 +282,9 @@ def busi_split(data_root: Path, spec: InputSpec, split: str) -> Split:
     folder = data_root / "busi"
     table = read_table(folder / "labels.csv")
     images = read_split(folder / "images", table, split, lambda row: int(row["label_int"]), spec)
-    masks = read_split(folder / "masks", table, split, lambda row: int(row["label_int"]), grey_at(spec))
+    grey = InputSpec(height=spec.height, width=spec.width, channels=1)
+    masks = read_split(folder / "masks", table, split, lambda row: int(row["label_int"]), grey)
     return Split(images.images, images.labels, regions=(masks.images > 0.5).float())
-
-
-def grey_at(spec: InputSpec) -> InputSpec:
-    """One grey channel at ``spec``'s size (masks)."""
-    return InputSpec(height=spec.height, width=spec.width, channels=1)
 
 
 def busi_splits(data_root: Path, spec: InputSpec) -> tuple[Split, Split]:
