@@ -132,6 +132,27 @@ def test_a_warp_generator_moves_the_content_and_paints_nothing():
     assert UNetGenerator(**generator.config).warp_grid == 4
 
 
+def test_a_smooth_change_generator_adds_only_what_a_cell_grid_can_hold():
+    torch.manual_seed(0)
+    pixelwise = UNetGenerator(channels=1, widths=widths_for_size(32, 32, 8)).eval()
+    smooth = UNetGenerator(channels=1, widths=widths_for_size(32, 32, 8), change_grid=4).eval()
+    images = torch.rand(2, 1, 32, 32) * 0.5 + 0.25  # away from the clip at 0 and 1
+    assert torch.equal(smooth(images), images)  # starts as the identity
+    nn.init.normal_(pixelwise.head[-1].weight, std=0.01)  # now it changes the images, inside the clip
+    smooth.load_state_dict(pixelwise.state_dict())  # the same network, its change smoothed
+    with torch.no_grad():
+        change = pixelwise(images) - images
+        torch.testing.assert_close(smooth(images) - images, smooth_field(change, 4), atol=1e-6, rtol=0)
+        assert float(roughness(smooth(images) - images)) < 0.1 * float(roughness(change))
+    assert UNetGenerator(**smooth.config).change_grid == 4
+    for bad in ({"warp_grid": 4}, {"residual_output": False}):
+        with pytest.raises(ValueError):
+            UNetGenerator(channels=1, widths=[4, 8], change_grid=4, **bad)
+    with pytest.raises(InvalidInput) as error:
+        make_plan({"warp_grid": 8, "change_grid": 8}, (1, SIZE, SIZE), 2, 1)
+    assert error.value.code == "invalid_params"
+
+
 def linear_field(height: int, width: int, matrix: list[list[float]]) -> torch.Tensor:
     """The displacement ``(A - I) p`` at each pixel centre ``p`` (grid_sample units): the warp reads the
     image at ``A p``, a linear mapping whose Jacobian determinant is ``det A`` everywhere."""

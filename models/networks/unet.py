@@ -23,6 +23,12 @@ of the image, its mean over a ``warp_grid x warp_grid`` grid of cells smoothly i
 the image's size, by which the input is resampled: the generator can move, stretch and shrink what
 the image shows (a heart border, a lesion's outline) but not paint anything onto it. On a classifier
 that a faint pattern flips, an additive generator learns such a pattern; a warp has to move anatomy.
+
+Also not in the paper, off by default: ``change_grid``. The generator stays additive, but its change
+is the mean over a ``change_grid x change_grid`` grid of cells, smoothly interpolated back: it can
+brighten, darken, fill or hollow a region as large as a cell, not paint dots, streaks or stripes
+finer than that. A warp cannot change a region's brightness (a lesion's echo, the shadow behind it);
+this can.
 """
 
 from __future__ import annotations
@@ -107,6 +113,8 @@ class UNetGenerator(nn.Module):
         residual_output: Add the network's output to its input before the clip (see module doc).
         warp_grid: When above 0, the output is a smooth displacement field on this many cells a side,
             by which the input is resampled, in place of an additive change (see module doc).
+        change_grid: When above 0, the additive change is smooth on this many cells a side (see
+            module doc); needs ``residual_output`` and excludes ``warp_grid``.
 
     Example:
         >>> generator = UNetGenerator(channels=1, widths=(16, 32, 64))
@@ -122,16 +130,20 @@ class UNetGenerator(nn.Module):
         dropout: float = 0.0,
         residual_output: bool = True,
         warp_grid: int = 0,
+        change_grid: int = 0,
     ):
         super().__init__()
         if len(widths) < 2:
             raise ValueError(f"a U-Net needs at least two levels, got widths={list(widths)}")
+        if change_grid and (warp_grid or not residual_output):
+            raise ValueError("change_grid smooths an additive change: it needs residual_output and no warp_grid")
         self.channels = channels
         self.widths = [int(w) for w in widths]
         self.convs_per_level = convs_per_level
         self.dropout = dropout
         self.residual_output = residual_output
         self.warp_grid = int(warp_grid)
+        self.change_grid = int(change_grid)
         in_widths = [channels] + self.widths[:-1]
         self.encoder = nn.ModuleList(
             EncoderLevel(a, b, convs_per_level, dropout, downsample=level > 0)
@@ -157,6 +169,8 @@ class UNetGenerator(nn.Module):
         if self.warp_grid:
             return resample(images, self.displacement(images))
         out = self._network(images)
+        if self.change_grid:
+            out = smooth_field(out, self.change_grid)
         if self.residual_output:
             out = images + out
         return out.clamp(0.0, 1.0)
@@ -188,14 +202,16 @@ class UNetGenerator(nn.Module):
             "dropout": self.dropout,
             "residual_output": self.residual_output,
             "warp_grid": self.warp_grid,
+            "change_grid": self.change_grid,
         }
 
 
-def smooth_field(displacement: torch.Tensor, cells: int) -> torch.Tensor:
-    """``displacement`` (``B x 2 x H x W``, x then y, in the ``[-1, 1]`` units of ``grid_sample``) averaged
-    over ``cells x cells`` cells and interpolated back to its size (bicubic), so that it is smooth."""
-    height, width = displacement.shape[-2:]
-    coarse = F.adaptive_avg_pool2d(displacement, (min(cells, height), min(cells, width)))
+def smooth_field(field: torch.Tensor, cells: int) -> torch.Tensor:
+    """``field`` (``B x C x H x W``: a displacement, x then y in the ``[-1, 1]`` units of ``grid_sample``, or
+    an additive change) averaged over ``cells x cells`` cells and interpolated back to its size
+    (bicubic), so that it is smooth."""
+    height, width = field.shape[-2:]
+    coarse = F.adaptive_avg_pool2d(field, (min(cells, height), min(cells, width)))
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
 
 

@@ -24,7 +24,9 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   pass, so a fine field (many cells) moves tissue as a smooth, invertible deformation instead of
   folding it into waves; and ``weight_displacement``: the mean length of that field in pixels
   (``displacement_length``), so the generator moves as little of the image as it can, which keeps
-  it from shifting whole tissue layers and the skin line when a local edit would do.
+  it from shifting whole tissue layers and the skin line when a local edit would do. And ours, off
+  by default (``change_grid``): additive generators whose change is smooth on a grid of cells
+  (``smooth_field`` again), which can brighten or darken a region but not paint dots or stripes.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -90,6 +92,7 @@ RESUME_KEYS = (
     "base_width",
     "dropout",
     "warp_grid",
+    "change_grid",
     "validation_fraction",
     "seed",
     "image_shape",
@@ -139,6 +142,11 @@ def make_plan(
             raise InvalidInput(
                 f"{name} penalises a warp generator's field: set warp_grid above 0 too", code="invalid_params"
             )
+    if params["warp_grid"] and params["change_grid"]:
+        raise InvalidInput(
+            "change_grid smooths an additive generator's change and warp_grid makes a warp generator: "
+            "set one of them", code="invalid_params",
+        )
     return TrainingPlan(variant, preset, weights, params, target_class, num_classes, image_shape)
 
 
@@ -256,8 +264,11 @@ class TrainingRun:
         channels, height, width = plan.image_shape
         widths = widths_for_size(height, width, plan.params["base_width"])
         self.generators = [
-            UNetGenerator(channels, widths, dropout=plan.params["dropout"], warp_grid=plan.params["warp_grid"])
-            .to(device) for _ in range(2)
+            UNetGenerator(
+                channels, widths, dropout=plan.params["dropout"], warp_grid=plan.params["warp_grid"],
+                change_grid=plan.params["change_grid"],
+            ).to(device)
+            for _ in range(2)
         ]
         self.discriminators = [
             Discriminator(channels, height, width, discriminator_widths_for_size(height, width)).to(device)
@@ -547,8 +558,8 @@ class TrainingRun:
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
-        # A checkpoint from before warp generators existed is of an additive one.
-        saved, wanted = {"warp_grid": 0, **state["identity"]}, self.plan.resume_identity()
+        # A checkpoint from before warp generators and smooth changes existed is of an additive one.
+        saved, wanted = {"warp_grid": 0, "change_grid": 0, **state["identity"]}, self.plan.resume_identity()
         differing = sorted(key for key in RESUME_KEYS if saved.get(key) != wanted[key])
         if differing:
             raise InvalidInput(

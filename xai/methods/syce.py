@@ -147,6 +147,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "displacement field on this many cells a side instead of adding a change to it, so they "
             "cannot paint a pattern onto it; 0 = the paper's additive generator", 0, 64,
         ),
+        Param(
+            "change_grid", "int", 0,
+            "Not in the paper: when above 0 the additive change is smooth on this many cells a side, so "
+            "it can brighten or darken a region but not paint dots or stripes finer than a cell; 0 = the "
+            "paper's pixel-wise change (excludes warp_grid)", 0, 64,
+        ),
         Param("augment", "bool", False, "Random rotation (5 degrees) and zoom (0.8-1) of training images"),
         Param(
             "validation_fraction", "float", 0.1, "Images held out to measure the flip rate each epoch",
