@@ -479,6 +479,18 @@ def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
     assert rough[100.0] < 0.5 * rough[0.0]
 
 
+def test_proximity_term_is_off_by_default_and_shrinks_the_change(tmp_path):
+    assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights["weight_proximity"] == 0.0  # the paper's objective
+    images, classifier = halves_images(32), HalvesClassifier()
+    change = {}
+    for weight in (0.0, 100.0):
+        params = {**FAST, "epochs": 2, "weight_proximity": weight}
+        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu")
+        assert ("proximity" in summary["final"]["losses"]) == (weight > 0)
+        change[weight] = summary["final"]["validation_mean_abs_change"]
+    assert change[100.0] < 0.5 * change[0.0]
+
+
 def _trained_warp_measure(tmp_path, term: str, weight: float, measure) -> float:
     """Train the toy warp generators with ``term`` at ``weight``; ``measure`` of their fields, both sides summed."""
     images, classifier = halves_images(32), HalvesClassifier()

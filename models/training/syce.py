@@ -26,7 +26,9 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   (``displacement_length``), so the generator moves as little of the image as it can, which keeps
   it from shifting whole tissue layers and the skin line when a local edit would do. And ours, off
   by default (``change_grid``): additive generators whose change is smooth on a grid of cells
-  (``smooth_field`` again), which can brighten or darken a region but not paint dots or stripes.
+  (``smooth_field`` again), which can brighten or darken a region but not paint dots or stripes;
+  and ``weight_proximity``: the mean absolute change ``|G[s](x) - x|``, so the generator changes no
+  more of the image than flips it.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -451,6 +453,8 @@ class TrainingRun:
             if self.plan.variant == "syce":
                 rough = rough + roughness(generated[2] - adversarial)
             terms["smoothness"] = w["weight_smoothness"] * rough
+        if w["weight_proximity"] > 0:
+            terms["proximity"] = w["weight_proximity"] * (adversarial - source).abs().mean()
         # Every pass: the adversarial image, and the cycle and stable passes that undo it.
         if w["weight_fold"] > 0:
             terms["fold"] = w["weight_fold"] * sum(fold_penalty(field) for field in fields) / len(fields)

@@ -126,6 +126,12 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "fragile classifier; 0 = the paper's objective", 0.0, 1000.0,
         ),
         Param(
+            "weight_proximity", "float", 0.0,
+            "Not in the paper: the mean absolute change |G(x) - x| of the adversarial image, so the "
+            "generator changes no more of the image than it needs to flip the decision (a "
+            "counterfactual's proximity); 0 = the paper's objective", 0.0, 1000.0,
+        ),
+        Param(
             "weight_fold", "float", 0.0,
             "Not in the paper, warp generators only (warp_grid > 0): mean max(0, 0.5 - det J) of the "
             "Jacobian J of every pass's warp, against fields that fold the image or enlarge a spot of it "
