@@ -3,8 +3,9 @@ and every method of the catalogue.
 
 Starts the real thing in a scratch folder: an embedded Redis, the gateway (``xai gateway``, uvicorn)
 and worker processes (``xai worker``), with the demo models registered; talks to it over HTTP like a
-client (POST, then GET the job with ``?wait=`` until it ends; the overhead part also polls). Every
-figure is a ratio measured in this one run.
+client (POST, then GET the job with ``?wait=`` until it ends; the overhead part also polls), through
+the standard library's http.client (the overhead part also through httpx). Every figure is a ratio
+measured in this one run.
 Run by hand (about 5 minutes on 2 CPU cores):
 
     .venv/bin/python bench/bench_pipeline.py                 # all five parts
