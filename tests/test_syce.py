@@ -8,13 +8,14 @@ presented as two logits as ``models.loader.Classifier`` presents a sigmoid model
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from models.artifacts.syce import GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
+from models.artifacts.syce import CONFIG_NAME, GENERATOR_FILES, GeneratorPair, load_artifact, side_logit
 from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, jacobian_determinant, resample, smooth_field, widths_for_size
 from models.training.syce import (
@@ -328,6 +329,17 @@ def test_a_run_can_start_from_trained_generators(trained, tmp_path):
     # Generators of another architecture cannot start a run.
     with pytest.raises(InvalidInput) as error:
         train(classifier, images, tmp_path / "wide", {**params, "base_width": 8}, no_progress, "cpu", init_from=start)
+    assert error.value.code == "invalid_params"
+    # An artifact written before a generator setting existed (the shipped ones have no change_grid) starts
+    # a run with that setting at its default, and no other.
+    older = tmp_path / "older"
+    shutil.copytree(start, older)
+    config = json.loads((older / CONFIG_NAME).read_text())
+    del config["architecture"]["args"]["change_grid"]
+    (older / CONFIG_NAME).write_text(json.dumps(config))
+    assert train(classifier, images, tmp_path / "from-older", params, no_progress, "cpu", init_from=older)["epochs"] == 1
+    with pytest.raises(InvalidInput) as error:
+        train(classifier, images, tmp_path / "smooth", {**params, "change_grid": 4}, no_progress, "cpu", init_from=older)
     assert error.value.code == "invalid_params"
 
 

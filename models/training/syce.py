@@ -539,7 +539,7 @@ class TrainingRun:
         """Start both generators from those of the artifact in ``folder`` (fine-tuning)."""
         pair = load_artifact(folder, self.device)
         wanted = self.generators[0].config
-        found = pair.config.get("architecture", {}).get("args")
+        found = pair.generators[0].config  # rebuilt from the artifact: settings it predates take their defaults
         if found != wanted or pair.target_class != self.plan.target_class:
             raise InvalidInput(
                 f"the generators in {folder} (architecture {found}, target class {pair.target_class}) "
