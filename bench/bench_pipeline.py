@@ -120,9 +120,15 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
                 ) -> bytes:
-        """The response's body; an error status raises."""
-        self.connection.request(method, path, body, headers or {})
-        response = self.connection.getresponse()
+        """The response's body; an error status raises. A kept-alive connection the server has closed
+        meanwhile (uvicorn closes idle ones after 5 s) is opened again, once."""
+        try:
+            self.connection.request(method, path, body, headers or {})
+            response = self.connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.connection.close()
+            self.connection.request(method, path, body, headers or {})
+            response = self.connection.getresponse()
         content = response.read()
         if response.status >= 400:
             raise RuntimeError(f"{method} {path} answered {response.status}: {content[:300]!r}")
