@@ -479,34 +479,36 @@ def test_smoothness_term_is_off_by_default_and_smooths_the_change(tmp_path):
     with pytest.raises(InvalidInput) as error:  # other names are still refused
         make_plan({"weight_smoothnes": 1.0}, (1, SIZE, SIZE), 2, 1)
     assert error.value.code == "invalid_params"
-    rough = {w: _trained_measure(tmp_path, "weight_smoothness", w, "mean_change_roughness") for w in (0.0, 100.0)}
+    rough = {
+        w: _trained_with(tmp_path, "weight_smoothness", w)["final"]["validation_mean_change_roughness"]
+        for w in (0.0, 100.0)
+    }
     assert rough[100.0] < 0.5 * rough[0.0]
 
 
 def test_proximity_term_is_off_by_default_and_shrinks_the_change(tmp_path):
     assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights["weight_proximity"] == 0.0  # the paper's objective
-    change = {w: _trained_measure(tmp_path, "weight_proximity", w, "mean_abs_change") for w in (0.0, 100.0)}
+    change = {
+        w: _trained_with(tmp_path, "weight_proximity", w)["final"]["validation_mean_abs_change"] for w in (0.0, 100.0)
+    }
     assert change[100.0] < 0.5 * change[0.0]
 
 
-def _trained_measure(tmp_path, term: str, weight: float, measure: str) -> float:
-    """Train the toy additive generators with ``term`` at ``weight``; the summary's validation ``measure``."""
+def _trained_with(tmp_path, term: str, weight: float, **params) -> dict:
+    """The summary of training the toy generators (with ``params``) and ``term`` at ``weight``, 2 epochs."""
     images, classifier = halves_images(32), HalvesClassifier()
-    params = {**FAST, "epochs": 2, term: weight}
-    summary = train(classifier, images, tmp_path / f"{term}-{weight}", params, no_progress, "cpu")
+    summary = train(classifier, images, tmp_path / f"{term}-{weight}", {**FAST, "epochs": 2, **params, term: weight},
+                    no_progress, "cpu")
     # At weight 0 the term is not computed (no loss entry); above 0 it is, times the weight.
     assert (term.removeprefix("weight_") in summary["final"]["losses"]) == (weight > 0)
     assert summary["params"][term] == weight
-    return summary["final"][f"validation_{measure}"]
+    return summary
 
 
 def _trained_warp_measure(tmp_path, term: str, weight: float, measure) -> float:
     """Train the toy warp generators with ``term`` at ``weight``; ``measure`` of their fields, both sides summed."""
+    _trained_with(tmp_path, term, weight, warp_grid=8)
     images, classifier = halves_images(32), HalvesClassifier()
-    params = {**FAST, "epochs": 2, "warp_grid": 8, term: weight}
-    summary = train(classifier, images, tmp_path / f"{term}-{weight}", params, no_progress, "cpu")
-    assert (term.removeprefix("weight_") in summary["final"]["losses"]) == (weight > 0)
-    assert summary["params"][term] == weight
     pair = load_artifact(tmp_path / f"{term}-{weight}" / "artifact", "cpu")
     with torch.no_grad():
         sides = pair.sides(classifier(images))
