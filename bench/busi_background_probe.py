@@ -5,14 +5,16 @@ with dots, streaks and a band on the skin line, away from the lesion, because th
 to such changes anywhere. This trains the demo recipe (small_cnn, 40 epochs, flips) on three quarters
 of the BUSI *training* split, with an L2 attack confined to the pixels farther than ``--margin`` px
 from the lesion mask (``AdversarialTraining(background_margin_px=...)``, radius ramped up over
-``--warmup`` epochs) or without it (radius 0), and prints for each, on the remaining quarter (the
+``--warmup`` epochs; with ``--gain-field A`` starting from a random smooth brightness change of up to
+about ``A`` there, ``AdversarialTraining(gain_field=...)``) or without it (radius 0), and prints for each, on the remaining quarter (the
 test split is not touched): AUC, accuracy, the Grad-CAM NCC with the lesion masks, and the share of
 images a 20-step L2 attack of norm 1 and 3 flips when confined to the background (``out``) or to the
 lesion and its margin (``in``). A classifier a generator must edit the lesion to flip has a low
 ``out`` and a high ``in``.
 
 Usage:
-    .venv/bin/python bench/busi_background_probe.py [--radii 0,1.0] [--margin 4] [--warmup 5] [--threads 1]
+    .venv/bin/python bench/busi_background_probe.py [--radii 0,1.0] [--margin 4] [--warmup 5] [--gain-field 0.3]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--radii", default="0,1.0")
     parser.add_argument("--margin", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--gain-field", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,7 +71,8 @@ def main() -> None:
     spec = InputSpec(height=demo.BUSI_SIZE, width=demo.BUSI_SIZE, channels=1, mean=mean, std=std)
     images, regions = train.images[held], train.regions[held]
     for radius in (float(r) for r in args.radii.split(",")):
-        adversarial = AdversarialTraining(radius, 3, "l2", args.warmup, args.margin) if radius > 0 else None
+        adversarial = AdversarialTraining(radius, 3, "l2", args.warmup, args.margin, args.gain_field) \
+            if radius > 0 else None
         net, evaluation = train_classifier(
             train.images[fit], train.labels[fit], architecture="small_cnn", architecture_args={},
             input_spec=spec, class_names=["benign", "malignant"], output="sigmoid", epochs=40, batch_size=32,

@@ -149,6 +149,7 @@ def test_adversarial_training_is_recorded_in_the_evaluation():
     )
     assert evaluation["adversarial_training"] == {
         "epsilon": 0.5, "steps": 2, "norm": "l2", "warmup_epochs": 0, "background_margin_px": None,
+        "gain_field": 0.0,
     }
 
 
@@ -171,6 +172,27 @@ def test_attack_confined_to_the_background_leaves_the_finding_and_its_margin_alo
 class MeanAboveHalf(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return images.flatten(1).mean(1, keepdim=True) - 0.5
+
+
+def test_gain_field_is_a_smooth_bounded_brightness_change_away_from_the_finding():
+    # No PGD (epsilon 0: a step of length 0): the attack is the gain field alone, on grey 0.5 so that nothing clips.
+    images = torch.full((4, 1, 128, 128), 0.5)
+    mean_model = MeanAboveHalf()
+    regions = torch.zeros(4, 1, 128, 128)
+    regions[:, :, 40:60, 40:60] = 1
+    attack = AdversarialTraining(epsilon=0.0, steps=1, background_margin_px=4, gain_field=0.4)
+    allowed = attack.allowed_pixels(regions)
+    change = attack.attack(mean_model, images, lambda logits: logits.sum(), torch.Generator().manual_seed(0), allowed) \
+        - images
+    assert torch.equal(change[:, :, 36:64, 36:64], torch.zeros(4, 1, 28, 28))  # the finding and its margin
+    size = change.abs().mean()
+    assert 0.02 < size and change.abs().max() <= 0.4 * 1.25  # bicubic overshoots a cell's value a little
+    # Smooth: neighbouring pixels differ far less than the change itself (white noise: about as much).
+    steps = torch.cat([(change[..., 1:, :] - change[..., :-1, :]).flatten(), (change[..., 1:] - change[..., :-1]).flatten()])
+    assert steps.abs().mean() < 0.3 * size
+    assert not torch.allclose(change[0], change[1])  # a field of its own per image
+    assert torch.equal(AdversarialTraining(epsilon=0.0, steps=1).attack(
+        mean_model, images, lambda logits: logits.sum(), torch.Generator().manual_seed(0)), images)
 
 
 def test_flip_rate_counts_the_decisions_an_attack_of_its_size_flips():

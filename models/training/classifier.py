@@ -102,6 +102,10 @@ class Augmentation:
         return augmented, moved_regions
 
 
+# Cells per side of the two grids of ``AdversarialTraining.gain_field``: a broad and a finer brightness change.
+GAIN_FIELD_CELLS = (4, 16)
+
+
 @dataclass(frozen=True)
 class AdversarialTraining:
     """Train on each batch and on its PGD attack (Madry et al. 2018), half of the loss each.
@@ -123,6 +127,14 @@ class AdversarialTraining:
             ``regions``), meant to make the classifier ignore changes away from the finding, so
             that a counterfactual generator has to edit the finding to flip it. On BUSI the
             robustness spread to the lesion too (README, SyCE section); no demo recipe uses it.
+        gain_field: 0 (the default) starts the attack at the batch. A positive number starts it at
+            the batch plus a random smooth brightness field where the attack may change it, as an
+            ultrasound machine's gain and time-gain compensation change an image: two fields on
+            ``GAIN_FIELD_CELLS`` grids, interpolated bicubically, whose cell values are uniform within
+            ``+- s * gain_field / 2`` for a scale ``s`` drawn uniform in [0, 1] per image and field.
+            An L2 ball of ``epsilon`` 1 is far smaller than the smooth changes a SyCE generator with
+            ``change_grid`` makes (8% of the range on average on BUSI); this teaches the classifier
+            to ignore those away from the finding. No demo recipe uses it (README, SyCE section).
     """
 
     epsilon: float = 1.0
@@ -130,6 +142,7 @@ class AdversarialTraining:
     norm: Literal["l2", "linf"] = "l2"
     warmup_epochs: int = 0
     background_margin_px: int | None = None
+    gain_field: float = 0.0
 
     def at_epoch(self, epoch: int) -> AdversarialTraining:
         """The attack of 1-based ``epoch``: the radius of the warm-up ramp."""
@@ -146,6 +159,8 @@ class AdversarialTraining:
         ``allowed`` (broadcast to the batch, 0 / 1) confines the change to where it is 1.
         """
         allowed = torch.ones_like(batch) if allowed is None else allowed.expand_as(batch)
+        if self.gain_field > 0:
+            batch = (batch + self._gain(batch.shape, generator).to(batch.device) * allowed).clamp(0, 1)
         noise = (torch.rand(batch.shape, generator=generator) * 2 - 1).to(batch.device)
         moved = (batch + self._project(noise * self.epsilon * allowed)).clamp(0, 1)
         step = 2.5 * self.epsilon / self.steps
@@ -174,6 +189,15 @@ class AdversarialTraining:
             return None
         margin = self.background_margin_px
         return 1 - F.max_pool2d(regions.float(), 2 * margin + 1, stride=1, padding=margin)
+
+    def _gain(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        """A smooth random brightness field of ``shape`` (see ``gain_field``)."""
+        field = torch.zeros(shape[0], 1, *shape[-2:])
+        for cells in GAIN_FIELD_CELLS:
+            scale = torch.rand((shape[0], 1, 1, 1), generator=generator) * self.gain_field / 2
+            values = (torch.rand((shape[0], 1, cells, cells), generator=generator) * 2 - 1) * scale  # all channels
+            field += F.interpolate(values, size=shape[-2:], mode="bicubic", align_corners=False)
+        return field
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         """Steepest ascent of unit norm: the sign (L-infinity) or the normalised gradient (L2)."""
@@ -308,6 +332,7 @@ def train_classifier(
         evaluation["adversarial_training"] = {
             "epsilon": adversarial.epsilon, "steps": adversarial.steps, "norm": adversarial.norm,
             "warmup_epochs": adversarial.warmup_epochs, "background_margin_px": adversarial.background_margin_px,
+            "gain_field": adversarial.gain_field,
         }
     return net, evaluation
 
