@@ -133,8 +133,8 @@ class AdversarialTraining:
             ``GAIN_FIELD_CELLS`` grids, interpolated bicubically, whose cell values are uniform within
             ``+- s * gain_field / 2`` for a scale ``s`` drawn uniform in [0, 1] per image and field.
             An L2 ball of ``epsilon`` 1 is far smaller than the smooth changes a SyCE generator with
-            ``change_grid`` makes (8% of the range on average on BUSI); this teaches the classifier
-            to ignore those away from the finding. No demo recipe uses it (README, SyCE section).
+            ``change_grid`` makes (4-8% of the range on average on BUSI); this is meant to make the
+            classifier ignore those away from the finding. No demo recipe uses it (README, SyCE section).
     """
 
     epsilon: float = 1.0
