@@ -6,10 +6,10 @@ to such changes anywhere. This trains the demo recipe (small_cnn, 40 epochs, fli
 of the BUSI *training* split, with an L2 attack confined to the pixels farther than ``--margin`` px
 from the lesion mask (``AdversarialTraining(background_margin_px=...)``, radius ramped up over
 ``--warmup`` epochs; with ``--gain-field A`` starting from a random smooth brightness change of up to
-about ``A`` there, ``AdversarialTraining(gain_field=...)``) or without it (radius 0), and prints for each, on the remaining quarter (the
-test split is not touched): AUC, accuracy, the Grad-CAM NCC with the lesion masks, and the share of
-images a 20-step L2 attack of norm 1 and 3 flips when confined to the background (``out``) or to the
-lesion and its margin (``in``). A classifier a generator must edit the lesion to flip has a low
+about ``A`` there, ``AdversarialTraining(gain_field=...)``) or without it (radius 0), and prints for
+each, on the remaining quarter (the test split is not touched): AUC, accuracy, the Grad-CAM NCC with
+the lesion masks, and the share of images a 20-step L2 attack of norm 1 and 3 flips when confined to
+the background (``out``) or to the lesion and its margin (``in``). A classifier a generator must edit the lesion to flip has a low
 ``out`` and a high ``in``.
 
 Usage:

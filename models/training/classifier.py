@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -329,11 +329,7 @@ def train_classifier(
         final_train_loss=round(loss, 4),
     )
     if adversarial is not None:
-        evaluation["adversarial_training"] = {
-            "epsilon": adversarial.epsilon, "steps": adversarial.steps, "norm": adversarial.norm,
-            "warmup_epochs": adversarial.warmup_epochs, "background_margin_px": adversarial.background_margin_px,
-            "gain_field": adversarial.gain_field,
-        }
+        evaluation["adversarial_training"] = asdict(adversarial)
     return net, evaluation
 
 
