@@ -143,6 +143,7 @@ def train_variant(
             _printer(model_id, variant),
             device,
             init_from=init_from,
+            regions=train_split.regions,
         )
         if time.perf_counter() - started > 60 * minutes:
             break

@@ -178,6 +178,10 @@ class TrainingRequest(_Body):
 
     data: str = Field(min_length=1, max_length=1000, description="a folder under XAI_TRAINING_DATA_DIR",
                       examples=["busi/images"])
+    masks: str | None = Field(None, min_length=1, max_length=1000,
+                              description="a folder under XAI_TRAINING_DATA_DIR holding a mask of each training "
+                              "image's annotated finding under the image's own relative path (SyCE and CyCE "
+                              "weight_outside_finding)", examples=["busi/masks"])
     params: dict[str, Any] = Field(default_factory=dict, description="the method's training parameters")
     version: int | None = Field(None, ge=1, description="the model version; default the newest")
     target_class: int | None = Field(None, ge=0, description="the class the artifacts explain; default all")

@@ -20,6 +20,7 @@ from models.networks.discriminator import Discriminator
 from models.networks.unet import UNetGenerator, jacobian_determinant, resample, smooth_field, widths_for_size
 from models.training.syce import (
     CHECKPOINT_NAME,
+    away_from_finding,
     displacement_length,
     evaluate_pair,
     fold_penalty,
@@ -522,6 +523,39 @@ def test_spread_term_is_off_by_default_and_gathers_the_change(tmp_path):
         w: _trained_with(tmp_path, "weight_spread", w)["final"]["validation_mean_change_spread"] for w in (0.0, 100.0)
     }
     assert spreads[100.0] < 0.5 * spreads[0.0]
+
+
+def test_away_from_finding_marks_pixels_beyond_the_margin_and_needs_a_mask_per_image():
+    regions = torch.zeros(2, 1, SIZE, SIZE)
+    regions[0, 0, 5, 7] = 1.0  # one pixel; the second image has no finding at all
+    plan = make_plan({"weight_outside_finding": 1.0, "finding_margin_px": 2}, (1, SIZE, SIZE), 2, 1)
+    away = away_from_finding(torch.zeros(2, 1, SIZE, SIZE), regions, plan)
+    expected = torch.ones(2, 1, SIZE, SIZE)
+    expected[0, 0, 3:8, 5:10] = 0.0  # within 2 px (chessboard) of the pixel
+    assert torch.equal(away, expected)
+    assert away_from_finding(torch.zeros(2, 1, SIZE, SIZE), None, make_plan({}, (1, SIZE, SIZE), 2, 1)) is None
+    for bad in (None, regions[:1], regions[..., :-1]):
+        with pytest.raises(InvalidInput) as error:
+            away_from_finding(torch.zeros(2, 1, SIZE, SIZE), bad, plan)
+        assert error.value.code == "invalid_params" and "mask of each training image" in error.value.message
+
+
+def test_outside_finding_term_keeps_the_change_on_the_finding(tmp_path):
+    assert make_plan({}, (1, SIZE, SIZE), 2, 1).weights["weight_outside_finding"] == 0.0  # the paper's objective
+    # Every image's "finding" is its leftmost quarter, through which the classifier can be flipped too.
+    images, classifier = halves_images(32), HalvesClassifier()
+    regions = torch.zeros(32, 1, SIZE, SIZE)
+    regions[..., : SIZE // 4] = 1.0
+    outside_share = {}
+    for weight in (0.0, 100.0):
+        params = {**FAST, "epochs": 4, "weight_outside_finding": weight, "finding_margin_px": 0}
+        summary = train(classifier, images, tmp_path / str(weight), params, no_progress, "cpu", regions=regions)
+        assert ("outside_finding" in summary["final"]["losses"]) == (weight > 0)
+        pair = load_artifact(tmp_path / str(weight) / "artifact", "cpu")
+        with torch.no_grad():
+            change = (pair.translate(images, pair.sides(classifier(images))) - images).abs()
+        outside_share[weight] = float(change[..., SIZE // 4 :].sum() / change.sum())
+    assert outside_share[0.0] > 0.5 and outside_share[100.0] < 0.4 * outside_share[0.0]
 
 
 def _trained_with(tmp_path, term: str, weight: float, **params) -> dict:

@@ -60,6 +60,46 @@ def test_train_cyce_over_the_api_then_explain(client, settings):
     assert heatmap.shape == (28, 28) and np.isfinite(heatmap).all()
 
 
+def test_train_syce_with_finding_masks_over_the_api(client, settings):
+    # Each digit's "finding" is its stroke (pixels above 0.5), as a mask file under the same relative path.
+    for label in (3, 8):
+        for folder in ("digits", "digit-masks"):
+            (settings.training_root / folder / str(label)).mkdir(parents=True)
+        for index in range(16):
+            digit = mnist_digit(label, index)
+            Image.fromarray(digit).save(settings.training_root / "digits" / str(label) / f"{index}.png")
+            Image.fromarray(np.where(digit > 127, 255, 0).astype(np.uint8)).save(
+                settings.training_root / "digit-masks" / str(label) / f"{index}.png")
+    params = {"epochs": 1, "batch_size": 8, "base_width": 4, "validation_fraction": 0.0,
+              "weight_outside_finding": 1.0, "finding_margin_px": 1}
+    url = "/v1/models/digits-untrained/train/syce"
+    accepted = client.post(url, json={"data": "digits", "masks": "digit-masks", "params": params})
+    assert accepted.status_code == 202, accepted.text
+    work(settings, queues=("train",))
+    job = client.get(f"/v1/jobs/{accepted.json()['job_id']}").json()
+    assert job["status"] == "finished", job
+    assert job["result"]["metrics"]["summary"]["final"]["losses"]["outside_finding"] > 0
+    # A mask missing for one image fails the job with the file named, before any training.
+    (settings.training_root / "digit-masks" / "8" / "15.png").unlink()
+    accepted = client.post(url, json={"data": "digits", "masks": "digit-masks", "params": params})
+    work(settings, queues=("train",))
+    job = client.get(f"/v1/jobs/{accepted.json()['job_id']}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_training_data"
+    assert "8/15.png" in job["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "code"),
+    [("syce", {"data": "digits", "params": {"weight_outside_finding": 1.0}}, "invalid_params"),
+     ("gad", {"data": "digits", "masks": "digits"}, "invalid_params"),
+     ("cyce", {"data": "digits", "masks": "../../etc"}, "invalid_training_data")],
+)
+def test_finding_masks_are_asked_for_only_where_used(client, settings, method, body, code):
+    (settings.training_root / "digits").mkdir(parents=True)
+    response = client.post(f"/v1/models/digits-untrained/train/{method}", json=body)
+    assert response.status_code == 422 and response.json()["error"]["code"] == code, response.text
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [({"data": "../../etc"}, "invalid_training_data"), ({}, "invalid_request"),

@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from models.training.data import load_image_folder
+from models.training.data import load_image_folder, load_masks
 from workers.explainers.base import Progress
 from workers.runtime import GroupProgress, WorkerContext
 from xai.errors import InvalidInput
@@ -37,16 +37,20 @@ def train_artifacts(ctx: WorkerContext, request: TrainJob, progress: GroupProgre
     if len(paths) < 2:
         raise InvalidInput(f"the training folder holds {len(paths)} readable image(s); it needs many more",
                            code="invalid_training_data")
+    regions = None if request.masks is None else load_masks(Path(request.masks), Path(request.data), paths,
+                                                            manifest.input)
     work_dir = ctx.store.version_dir(manifest.id, manifest.version) / "training" / method
     work_dir.mkdir(parents=True, exist_ok=True)
     progress.stage(Stage.TRAINING, (0.05, 0.99))
     summary = train_method(method, loaded.classifier, images, work_dir, params, progress, ctx.device,
-                           request.target_class)
+                           request.target_class, regions)
     ctx.store.add_artifact(manifest.id, manifest.version, method, work_dir / "artifact")
     return {"model_id": manifest.id, "version": manifest.version, "method": method, "summary": summary}
 
 
 def train_method(method: str, classifier, images, work_dir: Path, params: dict[str, Any], progress: Progress,
-                 device, target_class: int | None) -> dict[str, Any]:
+                 device, target_class: int | None, regions=None) -> dict[str, Any]:
+    """``regions``: the training images' finding masks, for a method whose spec ``takes_masks``."""
     module = importlib.import_module(TRAINERS[method])
-    return module.train(classifier, images, work_dir, params, progress, device, target_class=target_class)
+    masks = {"regions": regions} if regions is not None else {}
+    return module.train(classifier, images, work_dir, params, progress, device, target_class=target_class, **masks)

@@ -102,6 +102,7 @@ class TrainJob(_Contract):
     model_id: str
     model_version: int | None = None
     data: str
+    masks: str | None = None  # a folder of finding masks, one per image of ``data`` (same relative paths)
     params: dict[str, Any] = Field(default_factory=dict)
     target_class: int | None = None
 

@@ -6,6 +6,7 @@ request (``models.preprocess.to_model_input``), so a model trained here sees wha
 
 Example:
     >>> images, labels, paths = load_image_folder(Path("busi"), spec, ["benign", "malignant"])
+    >>> regions = load_masks(Path("busi/masks"), Path("busi/images"), paths, spec)
 """
 
 from __future__ import annotations
@@ -59,6 +60,32 @@ def load_image_folder(
     if not tensors:
         raise InvalidInput(f"no PNG, JPEG, TIFF or DICOM image found under {folder}", code="no_images")
     return torch.stack(tensors), _labels(folder, paths, class_names), paths
+
+
+def load_masks(folder: Path, images_folder: Path, paths: Sequence[Path], input_spec: InputSpec) -> torch.Tensor:
+    """The mask of each image in ``paths`` (found under ``images_folder``), at the model's input size.
+
+    Image ``images_folder/a/b.png`` takes its mask from ``folder/a/b.png`` (same relative path; any
+    format ``load_image_folder`` reads). A mask pixel above half the intensity range marks the
+    image's annotated finding.
+
+    Returns:
+        ``N x 1 x H x W`` float32, 1 on the finding and 0 elsewhere.
+
+    Raises:
+        InvalidInput: ``invalid_training_data`` when an image has no mask file or the file is not an image.
+    """
+    grey = InputSpec(height=input_spec.height, width=input_spec.width, channels=1)
+    limits, masks = DecodeLimits(), []
+    for path in paths:
+        relative = Path(path).relative_to(images_folder)
+        pixels = read_image(Path(folder) / relative, limits) if (Path(folder) / relative).is_file() else None
+        if pixels is None:
+            raise InvalidInput(f"no mask image {relative} under the masks folder {folder} for training image "
+                               f"{relative}: every image needs one, under the same relative path",
+                               code="invalid_training_data")
+        masks.append((to_model_input(pixels, grey)[0] > 0.5).float())
+    return torch.stack(masks)
 
 
 def read_image(path: Path, limits: DecodeLimits) -> np.ndarray | None:

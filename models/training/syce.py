@@ -30,7 +30,12 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   and ``weight_proximity``: the mean absolute change ``|G[s](x) - x|``, so the generator changes no
   more of the image than flips it. And ours, off by default (``weight_spread``): ``spread`` of the
   change, the share of it outside its ``spread_area`` most-changed pixels, so the generator edits one
-  region (a lesion) instead of the whole image a little.
+  region (a lesion) instead of the whole image a little. And ours, off by default, for training
+  images with annotated findings (``train(regions=...)``; ``weight_outside_finding``): the mean
+  change farther than ``finding_margin_px`` from the image's finding, of the adversarial pass and,
+  for SyCE, of the stable pass (the heatmap), so the generators learn to edit the finding and its
+  surroundings and leave the rest of the image alone. Nothing about the finding is given at
+  request time: the generator has learned where to look.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
@@ -167,6 +172,7 @@ def train(
     *,
     target_class: int | None = None,
     init_from: Path | None = None,
+    regions: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Train the SyCE or CyCE generators of ``classifier`` and write ``out_dir/artifact``.
 
@@ -191,6 +197,8 @@ def train(
             start fresh and epochs count from 0. Used only when ``out_dir`` holds no checkpoint (a
             resumed run continues from its checkpoint); the summary records it as
             ``initialised_from``.
+        regions: ``N x 1 x H x W`` masks of each image's annotated finding (above 0.5 = in it), for
+            ``weight_outside_finding``, which needs them. Default: None.
 
     Returns:
         A JSON-safe summary: variant, preset, weights, epochs, steps, sizes of each side, final losses,
@@ -202,7 +210,8 @@ def train(
             ``invalid_training_images``, ``single_decision_side`` (the classifier decides all images
             the same way), ``checkpoint_mismatch`` (``out_dir`` holds a run with other settings);
             ``invalid_params`` also when ``init_from`` holds generators of another architecture or
-            target class.
+            target class, and when ``weight_outside_finding`` is set without ``regions`` (or they do
+            not match the images).
         ServiceError: ``artifact_unreadable`` when ``init_from`` cannot be read.
     """
     out_dir = Path(out_dir)
@@ -213,8 +222,9 @@ def train(
         logits = predict_logits(classifier, images, PREDICTION_BATCH)
         target = resolve_target_class(logits.shape[1], target_class)
         plan = make_plan(params, tuple(images.shape[1:]), logits.shape[1], target)
+        away = away_from_finding(images, regions, plan)
         sides = decision_sides(logits, target)
-        run = TrainingRun(classifier, images, sides, plan, out_dir, device, init_from)
+        run = TrainingRun(classifier, images, sides, plan, out_dir, device, init_from, away)
         return run.fit(progress)
 
 
@@ -224,6 +234,25 @@ def frozen(classifier: nn.Module) -> Iterator[None]:
     with model_left_as_found(classifier):
         classifier.requires_grad_(False)
         yield
+
+
+def away_from_finding(
+    images: torch.Tensor, regions: torch.Tensor | None, plan: TrainingPlan
+) -> torch.Tensor | None:
+    """``N x 1 x H x W``: 1 where a pixel is farther than ``finding_margin_px`` from its image's finding
+    (chessboard distance), else 0; None when ``weight_outside_finding`` is off."""
+    if plan.weights["weight_outside_finding"] <= 0:
+        return None
+    expected = (len(images), 1, *images.shape[2:])
+    if regions is None or tuple(regions.shape) != expected:
+        got = "none" if regions is None else f"shape {tuple(regions.shape)}"
+        raise InvalidInput(
+            f"weight_outside_finding needs a mask of each training image's finding, N x 1 x H x W "
+            f"{expected}; got {got}", code="invalid_params",
+        )
+    margin = plan.params["finding_margin_px"]
+    near = F.max_pool2d((regions > 0.5).float(), 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 - near
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -248,8 +277,9 @@ class TrainingRun:
         out_dir: Path,
         device: torch.device,
         init_from: Path | None = None,
+        away: torch.Tensor | None = None,
     ):
-        self.classifier, self.images, self.plan = classifier, images, plan
+        self.classifier, self.images, self.plan, self.away = classifier, images, plan, away
         self.out_dir, self.device = out_dir, device
         self.init_from = None if init_from is None else Path(init_from)
         self.initialised_from: dict[str, Any] | None = None
@@ -376,14 +406,14 @@ class TrainingRun:
     def _train_step(
         self, indices_0: torch.Tensor, indices_1: torch.Tensor, rng: torch.Generator
     ) -> dict[str, float]:
-        batches = [self._batch(indices, rng) for indices in (indices_0, indices_1)]
+        batches, aways = zip(*(self._batch(indices, rng) for indices in (indices_0, indices_1)))
         for network in (*self.generators, *self.discriminators):
             network.train()
         losses: dict[str, float] = {}
         generated_into = [None, None]
         for side in (0, 1):
             self.optimizer_g.zero_grad(set_to_none=True)
-            total, terms, adversarial = self._generator_loss(batches[side], side)
+            total, terms, adversarial = self._generator_loss(batches[side], side, aways[side])
             total.backward()
             self.optimizer_g.step()
             generated_into[1 - side] = adversarial
@@ -396,14 +426,23 @@ class TrainingRun:
             self.optimizer_d.step()
         return losses | d_terms
 
-    def _batch(self, indices: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    def _batch(self, indices: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images at ``indices`` and, with ``weight_outside_finding``, where they are away from their
+        finding (augmented together, as one more channel)."""
         batch = self.images[indices].to(self.device, torch.float32)
-        return augment(batch, rng) if self.plan.params["augment"] else batch
+        if self.away is not None:
+            batch = torch.cat([batch, self.away[indices].to(self.device, torch.float32)], dim=1)
+        if self.plan.params["augment"]:
+            batch = augment(batch, rng)
+        if self.away is None:
+            return batch, None
+        return batch[:, :-1], batch[:, -1:]
 
     def _generator_loss(
-        self, source: torch.Tensor, side: int
+        self, source: torch.Tensor, side: int, away: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """The generator objective for a batch of side ``side`` (paper eq. 9-14)."""
+        """The generator objective for a batch of side ``side`` (paper eq. 9-14); ``away`` marks the
+        pixels away from each image's finding (``weight_outside_finding``)."""
         w = self.plan.weights
         forward, backward = self.generators[side], self.generators[1 - side]
         fields: list[torch.Tensor] = []
@@ -457,6 +496,12 @@ class TrainingRun:
             terms["smoothness"] = w["weight_smoothness"] * rough
         if w["weight_proximity"] > 0:
             terms["proximity"] = w["weight_proximity"] * (adversarial - source).abs().mean()
+        if away is not None:
+            # As for smoothness: the change of each pass whose output is shown.
+            outside = ((adversarial - source).abs() * away).mean()
+            if self.plan.variant == "syce":
+                outside = outside + ((generated[2] - adversarial).abs() * away).mean()
+            terms["outside_finding"] = w["weight_outside_finding"] * outside
         if w["weight_spread"] > 0:
             terms["spread"] = w["weight_spread"] * spread(adversarial - source, self.plan.params["spread_area"])
         # Every pass: the adversarial image, and the cycle and stable passes that undo it.

@@ -18,7 +18,7 @@ from service.schemas import Accepted, ModelInfo, ModelList, RegisteredModel, Tra
 from xai import jsontext
 from xai.errors import Conflict, InvalidInput, PayloadTooLarge
 from xai.jobs import TRAIN_ENTRY, VALIDATE_ENTRY, TrainJob, ValidateJob
-from xai.methods import get_trainable
+from xai.methods import MethodSpec, get_trainable
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -103,18 +103,29 @@ def train_artifacts(
     if manifest.status != "ready":
         raise Conflict(f"model {manifest.key} is {manifest.status}, not ready", code="model_not_ready")
     params = spec.resolve_params(body.params)
-    data = _training_folder(gateway.settings.training_root, body.data)
+    data = _training_folder(gateway.settings.training_root, body.data, "data")
+    masks = _masks_folder(gateway.settings.training_root, body.masks, spec, params)
     training = TrainJob(job_id=new_job_id(), submitted_at=time.time(), method=method, model_id=manifest.id,
-                        model_version=manifest.version, data=str(data), params=params,
+                        model_version=manifest.version, data=str(data), masks=masks, params=params,
                         target_class=body.target_class)
     job = enqueue(gateway, "train", TRAIN_ENTRY, training, owner=caller.name)
     return Accepted(job_id=job.id, status_url=status_url(str(request.base_url), job.id))
 
 
-def _training_folder(root: Path, relative: str) -> Path:
+def _training_folder(root: Path, relative: str, field: str) -> Path:
     folder = (root / relative).resolve()
     if not folder.is_relative_to(root.resolve()) or not folder.is_dir():
-        raise InvalidInput(f"'data' must name an existing folder under the training data root {root}",
+        raise InvalidInput(f"'{field}' must name an existing folder under the training data root {root}",
                            code="invalid_training_data")
     return folder
+
+
+def _masks_folder(root: Path, relative: str | None, spec: MethodSpec, params: dict) -> str | None:
+    """The masks folder, checked: only for a method that takes masks, and present when its params need them."""
+    if relative is not None and not spec.takes_masks:
+        raise InvalidInput(f"method {spec.name!r} trains without masks; leave 'masks' out", code="invalid_params")
+    if relative is None and params.get("weight_outside_finding", 0) > 0:
+        raise InvalidInput("weight_outside_finding needs 'masks': a folder with a mask of each training image's "
+                           "finding", code="invalid_params")
+    return None if relative is None else str(_training_folder(root, relative, "masks"))
 

@@ -86,6 +86,8 @@ class MethodSpec:
     needs_artifacts: bool = False
     # CAM methods need a target layer from the model manifest.
     needs_target_layer: bool = False
+    # Training only: it can use a mask of each training image's finding (``TrainJob.masks``).
+    takes_masks: bool = False
     references: tuple[str, ...] = field(default=())
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class MethodSpec:
             "description": self.description,
             "needs_artifacts": self.needs_artifacts,
             "needs_target_layer": self.needs_target_layer,
+            "takes_masks": self.takes_masks,
             "params": [p.describe() for p in self.params],
             "params_schema": {"type": "object", "additionalProperties": False,
                               "properties": {p.name: p.json_schema() for p in self.params}},

@@ -145,6 +145,18 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "The share of the image weight_spread lets the change fill", 0.001, 1.0,
         ),
         Param(
+            "weight_outside_finding", "float", 0.0,
+            "Not in the paper: the mean change |G(x) - x| (and for SyCE |G(G(x)) - G(x)|) farther than "
+            "finding_margin_px from each training image's annotated finding, so the generators learn to "
+            "edit the finding and its surroundings; needs a mask per training image (masks); 0 = the "
+            "paper's objective", 0.0, 1000.0,
+        ),
+        Param(
+            "finding_margin_px", "int", 16,
+            "How far around the finding weight_outside_finding lets the change reach, in pixels at the "
+            "model's input size", 0, 256,
+        ),
+        Param(
             "weight_fold", "float", 0.0,
             "Not in the paper, warp generators only (warp_grid > 0): mean max(0, 0.5 - det J) of the "
             "Jacobian J of every pass's warp, against fields that fold the image or enlarge a spot of it "
@@ -219,6 +231,7 @@ TRAINING_SPECS = tuple(
         "Train two U-Net generators and two discriminators against the registered classifier, on images "
         "split by the classifier's own decisions (one class against the rest for multi-class models).",
         params=_training_params(variant),
+        takes_masks=True,
         references=(PAPER,),
     )
     for variant in VARIANTS
