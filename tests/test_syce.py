@@ -27,7 +27,6 @@ from models.training.syce import (
     gradient_penalty,
     make_plan,
     roughness,
-    spread,
     train,
     transfer_rate,
     transferred,
@@ -494,35 +493,6 @@ def test_proximity_term_is_off_by_default_and_shrinks_the_change(tmp_path):
         w: _trained_with(tmp_path, "weight_proximity", w)["final"]["validation_mean_abs_change"] for w in (0.0, 100.0)
     }
     assert change[100.0] < 0.5 * change[0.0]
-
-
-def test_spread_is_the_share_of_a_change_outside_its_most_changed_pixels():
-    n = SIZE * SIZE
-    patch = torch.zeros(1, 1, SIZE, SIZE)
-    patch[..., :4, :4] = 0.2  # 16 of 256 pixels: within an area of 1/16, outside half that area
-    assert float(spread(patch, 1 / 16)) == pytest.approx(0.0, abs=1e-7)
-    assert float(spread(patch, 1 / 32)) == pytest.approx(0.5, rel=1e-6)
-    assert float(spread(torch.full((1, 1, SIZE, SIZE), -0.2), 1 / 16)) == pytest.approx(15 / 16, rel=1e-6)
-    # Channels add up per pixel; images average.
-    assert float(spread(torch.cat([patch, patch], 1), 1 / 32)) == pytest.approx(0.5, rel=1e-6)
-    both = torch.cat([patch, torch.full((1, 1, SIZE, SIZE), 0.2)])
-    assert float(spread(both, 1 / 16)) == pytest.approx((0 + 15 / 16) / 2, rel=1e-6)
-    # A change too faint to see counts for little: no change at all is 0, not a division by zero.
-    assert float(spread(torch.zeros(2, 1, SIZE, SIZE), 0.05)) == 0.0
-    faint = torch.full((1, 1, SIZE, SIZE), 1e-5)
-    assert float(spread(faint, 1 / 16)) == pytest.approx(1e-5 * (n - 16) / (1e-3 * n), rel=1e-5)
-
-
-def test_spread_term_is_off_by_default_and_gathers_the_change(tmp_path):
-    plan = make_plan({}, (1, SIZE, SIZE), 2, 1)
-    assert plan.weights["weight_spread"] == 0.0 and plan.params["spread_area"] == 0.05  # the paper's objective
-    with pytest.raises(InvalidInput) as error:
-        make_plan({"spread_area": 0.0}, (1, SIZE, SIZE), 2, 1)
-    assert error.value.code == "invalid_params"
-    spreads = {
-        w: _trained_with(tmp_path, "weight_spread", w)["final"]["validation_mean_change_spread"] for w in (0.0, 100.0)
-    }
-    assert spreads[100.0] < 0.5 * spreads[0.0]
 
 
 def test_away_from_finding_marks_pixels_beyond_the_margin_and_needs_a_mask_per_image():

@@ -28,9 +28,7 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   by default (``change_grid``): additive generators whose change is smooth on a grid of cells
   (``smooth_field`` again), which can brighten or darken a region but not paint dots or stripes;
   and ``weight_proximity``: the mean absolute change ``|G[s](x) - x|``, so the generator changes no
-  more of the image than flips it. And ours, off by default (``weight_spread``): ``spread`` of the
-  change, the share of it outside its ``spread_area`` most-changed pixels, so the generator edits one
-  region (a lesion) instead of the whole image a little. And ours, off by default, for training
+  more of the image than flips it. And ours, off by default, for training
   images with annotated findings (``train(regions=...)``; ``weight_outside_finding``): the mean
   change farther than ``finding_margin_px`` from the image's finding, of the adversarial pass and,
   for SyCE, of the stable pass (the heatmap), so the generators learn to edit the finding and its
@@ -82,7 +80,7 @@ from models.guard import model_left_as_found, predict_logits
 from models.networks.discriminator import Discriminator, discriminator_widths_for_size
 from models.networks.unet import UNetGenerator, jacobian_determinant, resample, widths_for_size
 from xai.errors import InvalidInput
-from xai.methods.syce import SPREAD_AREA, resolve_preset, training_spec
+from xai.methods.syce import resolve_preset, training_spec
 
 Progress = Callable[[float, str | None], None]
 
@@ -502,8 +500,6 @@ class TrainingRun:
             if self.plan.variant == "syce":
                 outside = outside + ((generated[2] - adversarial).abs() * away).mean()
             terms["outside_finding"] = w["weight_outside_finding"] * outside
-        if w["weight_spread"] > 0:
-            terms["spread"] = w["weight_spread"] * spread(adversarial - source, self.plan.params["spread_area"])
         # Every pass: the adversarial image, and the cycle and stable passes that undo it.
         if w["weight_fold"] > 0:
             terms["fold"] = w["weight_fold"] * sum(fold_penalty(field) for field in fields) / len(fields)
@@ -649,11 +645,10 @@ def evaluate_pair(
         outside / inside the explained class; ``stable_keeps_side``: share of stable images G(G(x))
         decided like the input (SyCE only, else None); ``mean_abs_change``: mean |G(x) - x|;
         ``mean_change_roughness``: mean ``roughness`` of G(x) - x (a texture's high-frequency part);
-        ``mean_change_spread``: mean ``spread`` of G(x) - x outside its most-changed ``SPREAD_AREA``;
         ``mean_stable_change_roughness``: that of G(G(x)) - G(x), the SyCE heatmap (SyCE only, else
         None); ``images``: N.
     """
-    flipped, kept, change, rough, rough_stable, spreads, sides_all = [], [], [], [], [], [], []
+    flipped, kept, change, rough, rough_stable, sides_all = [], [], [], [], [], []
     with torch.inference_mode():
         for chunk in images.split(PREDICTION_BATCH):
             chunk = chunk.to(device, torch.float32)
@@ -666,7 +661,6 @@ def evaluate_pair(
                 rough_stable.append(roughness(stable - adversarial).cpu() * len(chunk))
             change.append((adversarial - chunk).abs().flatten(1).mean(1).cpu())
             rough.append(roughness(adversarial - chunk).cpu() * len(chunk))
-            spreads.append(spread(adversarial - chunk, SPREAD_AREA).cpu() * len(chunk))
             sides_all.append(sides.cpu())
     flipped_all, sides = torch.cat(flipped).float(), torch.cat(sides_all)
     return {
@@ -677,7 +671,6 @@ def evaluate_pair(
         "stable_keeps_side": round(float(torch.cat(kept).float().mean()), 4) if kept else None,
         "mean_abs_change": round(float(torch.cat(change).mean()), 5),
         "mean_change_roughness": round(float(sum(rough)) / len(images), 5),
-        "mean_change_spread": round(float(sum(spreads)) / len(images), 4),
         "mean_stable_change_roughness": (
             round(float(sum(rough_stable)) / len(images), 5) if rough_stable else None
         ),
@@ -771,24 +764,6 @@ def roughness(change: torch.Tensor) -> torch.Tensor:
 
 
 FOLD_FLOOR = 0.5
-
-
-SPREAD_FLOOR = 1e-3
-
-
-def spread(change: torch.Tensor, area: float) -> torch.Tensor:
-    """Mean over images of the share of ``|change|`` outside the image's ``area`` most-changed pixels.
-
-    ``change`` is ``B x C x H x W``; a pixel's magnitude sums its channels. 0 when the change lies within
-    ``area`` of the image, ``1 - area`` for a change of the same size everywhere. The share is of
-    ``max(total, SPREAD_FLOOR * pixels)``, so a change too faint to see (mean below 0.001) counts
-    little and the identity generator's zero change is not a division by zero. The ``weight_spread``
-    term; ``evaluate_pair`` reports it per image (``mean_change_spread``).
-    """
-    magnitude = change.abs().sum(1).flatten(1)
-    top = magnitude.topk(max(1, round(area * magnitude.shape[1])), dim=1).values.sum(1)
-    total = magnitude.sum(1)
-    return ((total - top) / total.clamp_min(SPREAD_FLOOR * magnitude.shape[1])).mean()
 
 
 def fold_penalty(field: torch.Tensor, floor: float = FOLD_FLOOR) -> torch.Tensor:

@@ -61,9 +61,6 @@ PRESETS: dict[str, dict[str, dict[str, float]]] = {
     for variant, rows in _PRESET_ROWS.items()
 }
 PRESET_NAMES = ("auto", "digits", "pneumonia", "brain_tumour")
-# The share of the image a change may fill before ``weight_spread`` counts it as spread, and the
-# share the trainer's ``mean_change_spread`` measures against.
-SPREAD_AREA = 0.05
 
 
 def resolve_preset(variant: str, preset: str, height: int, width: int) -> tuple[str, dict[str, float]]:
@@ -133,16 +130,6 @@ def _training_params(variant: str) -> tuple[Param, ...]:
             "Not in the paper: the mean absolute change |G(x) - x| of the adversarial image, so the "
             "generator changes no more of the image than it needs to flip the decision (a "
             "counterfactual's proximity); 0 = the paper's objective", 0.0, 1000.0,
-        ),
-        Param(
-            "weight_spread", "float", 0.0,
-            "Not in the paper: the share of the change |G(x) - x| outside its spread_area most-changed "
-            "pixels, so the generator edits one region (say a lesion) instead of the whole image a little; "
-            "0 = the paper's objective", 0.0, 1000.0,
-        ),
-        Param(
-            "spread_area", "float", SPREAD_AREA,
-            "The share of the image weight_spread lets the change fill", 0.001, 1.0,
         ),
         Param(
             "weight_outside_finding", "float", 0.0,
