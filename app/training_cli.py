@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from models import DEMO_DIR, SHARED_DATA
+from xai.methods import get_trainable
 from xai.settings import Settings
-
 
 
 def add_train_commands(commands) -> None:
@@ -39,8 +39,9 @@ def add_train_commands(commands) -> None:
         artifact.add_argument("--model", required=True, help="registered model id")
         artifact.add_argument("--version", type=int, default=None)
         artifact.add_argument("--data", type=Path, required=True, help="folder of images (searched recursively)")
-        artifact.add_argument("--masks", type=Path, default=None,
-                              help="folder with a mask of each image's finding, same relative paths (syce, cyce)")
+        if get_trainable(method).takes_masks:
+            artifact.add_argument("--masks", type=Path, default=None,
+                                  help="folder with a mask of each image's finding, under the same relative paths")
         artifact.add_argument("--params", default="{}", help="JSON object of training parameters")
         artifact.add_argument("--target-class", type=int, default=None, help="one-vs-rest class of a multi-class model")
         artifact.add_argument("--device", default=None)
@@ -78,7 +79,8 @@ def _train_artifacts(args: argparse.Namespace, settings: Settings) -> int:
     context = WorkerContext(settings, connection=None)
     request = TrainJob(job_id="local", submitted_at=time.time(), method=args.method, model_id=args.model,
                        model_version=args.version, data=str(args.data.resolve()),
-                       masks=str(args.masks.resolve()) if args.masks else None, params=json.loads(args.params),
+                       masks=str(args.masks.resolve()) if getattr(args, "masks", None) else None,
+                       params=json.loads(args.params),
                        target_class=args.target_class)
     result = train_artifacts(context, request, _PrintedProgress())
     print(json.dumps(result, indent=2))

@@ -28,12 +28,12 @@ The method (Charachon et al. 2021, suppl. 0.E; reference code ``martinCharachon/
   by default (``change_grid``): additive generators whose change is smooth on a grid of cells
   (``smooth_field`` again), which can brighten or darken a region but not paint dots or stripes;
   and ``weight_proximity``: the mean absolute change ``|G[s](x) - x|``, so the generator changes no
-  more of the image than flips it. And ours, off by default, for training
-  images with annotated findings (``train(regions=...)``; ``weight_outside_finding``): the mean
-  change farther than ``finding_margin_px`` from the image's finding, of the adversarial pass and,
-  for SyCE, of the stable pass (the heatmap), so the generators learn to edit the finding and its
-  surroundings and leave the rest of the image alone. Nothing about the finding is given at
-  request time: the generator has learned where to look.
+  more of the image than flips it. And ours, off by default, for training images with annotated
+  findings (``train(regions=...)``; ``weight_outside_finding``): the mean change farther than
+  ``finding_margin_px`` from the image's finding, of the adversarial pass and, for SyCE, of the
+  stable pass (the heatmap), so the generators learn to edit the finding and its surroundings and
+  leave the rest of the image alone. Nothing about the finding is given at request time: the
+  generator has learned where to look.
   Then one Adam step of each discriminator on real vs generated images with a gradient penalty.
 * Adam with learning rates 1e-4 (generators) and 2e-4 (discriminators), as the paper states.
 
