@@ -112,7 +112,6 @@ class MethodSpec:
             "description": self.description,
             "needs_artifacts": self.needs_artifacts,
             "needs_target_layer": self.needs_target_layer,
-            "takes_masks": self.takes_masks,
             "params": [p.describe() for p in self.params],
             "params_schema": {"type": "object", "additionalProperties": False,
                               "properties": {p.name: p.json_schema() for p in self.params}},
