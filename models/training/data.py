@@ -81,9 +81,8 @@ def load_masks(folder: Path, images_folder: Path, paths: Sequence[Path], input_s
         relative = Path(path).relative_to(images_folder)
         pixels = read_image(Path(folder) / relative, limits) if (Path(folder) / relative).is_file() else None
         if pixels is None:
-            raise InvalidInput(f"no mask image {relative} under the masks folder {folder} for training image "
-                               f"{relative}: every image needs one, under the same relative path",
-                               code="invalid_training_data")
+            raise InvalidInput(f"training image {relative} has no mask image at {Path(folder) / relative}: every "
+                               "image needs one, under its own relative path", code="invalid_training_data")
         masks.append((to_model_input(pixels, grey)[0] > 0.5).float())
     return torch.stack(masks)
 
