@@ -23,6 +23,7 @@ from models import DEMO_DIR
 from models.loader import load_classifier
 from models.manifest import ModelManifest
 from models.training import demo
+from models.training.data import away_from
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     classifier = load_classifier(manifest, folder / manifest.weights_file, "cpu").requires_grad_(False)
     test = demo.busi_test_split(demo.DEFAULT_DATA_ROOT)
     images = test.images
-    near = F.max_pool2d(test.regions, 2 * args.margin + 1, stride=1, padding=args.margin)
+    near = 1 - away_from(test.regions, args.margin)
 
     def log_odds(batch: torch.Tensor) -> torch.Tensor:
         logits = classifier(batch)

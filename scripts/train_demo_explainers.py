@@ -61,9 +61,8 @@ RECIPES = {
     # This classifier flips under dots and streaks painted anywhere (the generators shipped up to
     # 2026-12-06 did so), and no change confined to the lesion and 4 px around it flips 23% of the
     # decided-benign test images; within 16 px every image flips (bench/busi_lesion_reach.py). So the
-    # change is smooth on 32 x 32
-    # cells (change_grid) and kept within 16 px of each training image's lesion mask
-    # (weight_outside_finding; the masks are the data set's); the adversarial and specificity weights
+    # change is smooth on 32 x 32 cells (change_grid) and kept within 16 px of each training image's
+    # lesion mask (weight_outside_finding; the masks are the data set's); the adversarial and specificity weights
     # 2.0 (the brain tumour table's 0.2 stalls; this confident classifier needs larger changes), the
     # symmetry classification weight 0.5 (the table's 0.05 leaves stable images on the other side).
     # Shipped SyCE: 7 epochs from the identity with adversarial and specificity 1.0 (``--params``),

@@ -30,7 +30,7 @@ from models.loader import Normalization
 from models.manifest import InputSpec, ModelManifest
 from models.networks import build_network, default_target_layer
 from models.store import MANIFEST_NAME, sha256_of
-from models.training.data import class_folders, load_image_folder
+from models.training.data import away_from, class_folders, load_image_folder
 from xai.errors import InvalidInput
 
 Output = Literal["softmax", "sigmoid"]
@@ -187,8 +187,7 @@ class AdversarialTraining:
         """Where the attack may change a batch whose findings are ``regions``; None: everywhere."""
         if self.background_margin_px is None or regions is None:
             return None
-        margin = self.background_margin_px
-        return 1 - F.max_pool2d(regions.float(), 2 * margin + 1, stride=1, padding=margin)
+        return away_from(regions.float(), self.background_margin_px)
 
     def _gain(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
         """A smooth random brightness field of ``shape`` (see ``gain_field``)."""

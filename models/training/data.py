@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.manifest import InputSpec
 from models.preprocess import to_model_input
@@ -85,6 +86,12 @@ def load_masks(folder: Path, images_folder: Path, paths: Sequence[Path], input_s
                                "image needs one, under its own relative path", code="invalid_training_data")
         masks.append((to_model_input(pixels, grey)[0] > 0.5).float())
     return torch.stack(masks)
+
+
+def away_from(mask: torch.Tensor, margin_px: int) -> torch.Tensor:
+    """``1 - `` the ``B x 1 x H x W`` ``mask`` grown by ``margin_px`` (chessboard distance, max pooling): 1
+    where a pixel is farther than that from every pixel of the mask, for a 0 / 1 mask."""
+    return 1 - F.max_pool2d(mask, 2 * margin_px + 1, stride=1, padding=margin_px)
 
 
 def read_image(path: Path, limits: DecodeLimits) -> np.ndarray | None:

@@ -79,6 +79,7 @@ from models.artifacts.syce import (
 from models.guard import model_left_as_found, predict_logits
 from models.networks.discriminator import Discriminator, discriminator_widths_for_size
 from models.networks.unet import UNetGenerator, jacobian_determinant, resample, widths_for_size
+from models.training.data import away_from
 from xai.errors import InvalidInput
 from xai.methods.syce import resolve_preset, training_spec
 
@@ -248,9 +249,7 @@ def away_from_finding(
             f"weight_outside_finding needs a mask of each training image's finding, N x 1 x H x W "
             f"{expected}; got {got}", code="invalid_params",
         )
-    margin = plan.params["finding_margin_px"]
-    near = F.max_pool2d((regions > 0.5).float(), 2 * margin + 1, stride=1, padding=margin)
-    return 1.0 - near
+    return away_from((regions > 0.5).float(), plan.params["finding_margin_px"])
 
 
 def _check_images(images: torch.Tensor) -> None:
